@@ -1,0 +1,80 @@
+"""Build registered things by name: the one place commands turn names into objects.
+
+Each function looks the name up in the plugins' registries (a clear error for unknown or conflicting
+names) and calls the factory with the contract's arguments plus the user's ``--opt`` options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cvkit.plugins import Plugins, get_plugins
+from cvkit.registry import Entry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's registration: what input it takes and how that input is normalised."""
+
+    name: str
+    plugin: str
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    default_transforms: str | None
+    help: str
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> "ModelSpec":
+        return cls(
+            name=entry.name, plugin=entry.plugin, input_size=entry.meta["input_size"],
+            mean=entry.meta["mean"], std=entry.meta["std"],
+            default_transforms=entry.meta.get("default_transforms"), help=entry.help,
+        )
+
+
+def model_spec(name: str, plugins: Plugins | None = None) -> ModelSpec:
+    plugins = plugins or get_plugins()
+    return ModelSpec.from_entry(plugins["models"].get(name, option="--model"))
+
+
+def build_model(name: str, *, num_classes: int, weights: str | None = None,
+                options: dict | None = None, plugins: Plugins | None = None):
+    """The model called ``name`` with ``num_classes`` outputs; ``weights`` as its plugin reads it."""
+    plugins = plugins or get_plugins()
+    entry = plugins["models"].get(name, option="--model")
+    return entry.create(num_classes=num_classes, weights=weights, options=options)
+
+
+def build_transform(spec: ModelSpec, name: str | None = None, *, train: bool,
+                    options: dict | None = None, plugins: Plugins | None = None):
+    """The transform ``name`` (default: the model's own default, else ``plain``) sized for ``spec``."""
+    plugins = plugins or get_plugins()
+    entry = plugins["transforms"].get(name or spec.default_transforms or "plain", option="--transforms")
+    return entry.create(train=train, input_size=spec.input_size, mean=spec.mean, std=spec.std,
+                        options=options)
+
+
+def build_loss(name: str, *, options: dict | None = None, plugins: Plugins | None = None):
+    plugins = plugins or get_plugins()
+    return plugins["losses"].get(name, option="--loss").create(options=options)
+
+
+def build_optimizer(name: str, params, *, lr: float, options: dict | None = None,
+                    plugins: Plugins | None = None):
+    plugins = plugins or get_plugins()
+    return plugins["optimizers"].get(name, option="--optimizer").create(params, lr=lr, options=options)
+
+
+def build_scheduler(name: str, optimizer, *, epochs: int, options: dict | None = None,
+                    plugins: Plugins | None = None):
+    plugins = plugins or get_plugins()
+    return plugins["schedulers"].get(name, option="--scheduler").create(
+        optimizer, epochs=epochs, options=options)
+
+
+def build_dataset(name: str, root: str, *, split: str, transform, options: dict | None = None,
+                  plugins: Plugins | None = None):
+    plugins = plugins or get_plugins()
+    return plugins["datasets"].get(name, option="--dataset").create(
+        root, split=split, transform=transform, options=options)

@@ -1,0 +1,96 @@
+"""`cvkit plugins` and `cvkit list`: what the plugins provide. Imports no torch."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from cvkit.errors import UsageError
+from cvkit.plugins import Plugins
+from cvkit.registry import KINDS
+
+REGISTRY_NAMES = list(KINDS.values())
+
+
+def plugins_report(plugins: Plugins) -> dict:
+    return {
+        "plugins": [p.as_dict() for p in plugins.infos],
+        "problems": plugins.problems(),
+    }
+
+
+def list_entries(plugins: Plugins, kind: str | None = None, pattern: str | None = None) -> dict:
+    """The registered entries by registry name; ``kind`` may be singular or plural."""
+    if kind is None:
+        names = REGISTRY_NAMES
+    else:
+        plural = KINDS.get(kind, kind)
+        if plural not in REGISTRY_NAMES:
+            raise UsageError(f"cvkit list {kind!r}: unknown kind (one of: {', '.join(REGISTRY_NAMES)})")
+        names = [plural]
+    report = {}
+    for name in names:
+        reg = plugins[name]
+        rows = []
+        for entry in reg.entries():
+            row = {"name": entry.name, "plugin": entry.plugin, "help": entry.help}
+            if name == "models":
+                row.update(input_size=list(entry.meta["input_size"]), mean=list(entry.meta["mean"]),
+                           std=list(entry.meta["std"]),
+                           default_transforms=entry.meta.get("default_transforms"))
+            rows.append(row)
+        for conflicted, entries in reg.conflicts.items():
+            rows.append({"name": conflicted, "plugin": ", ".join(e.plugin for e in entries),
+                         "help": "CONFLICT: registered by more than one plugin; unusable", "conflict": True})
+        if pattern:
+            rows = [r for r in rows if fnmatch.fnmatch(r["name"], pattern)]
+        report[name] = sorted(rows, key=lambda r: r["name"])
+    return report
+
+
+def render_plugins(report: dict) -> None:
+    from rich.table import Table
+
+    from cvkit import ui
+
+    table = Table(title="cvkit plugins", title_justify="left")
+    for col in ("plugin", "distribution", "status", "hooks", "registered"):
+        table.add_column(col, overflow="fold")
+    for p in report["plugins"]:
+        if p["status"] == "loaded":
+            status = "[green]loaded[/]"
+            registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registered"].items()) or "-"
+        elif p["status"] == "disabled":
+            status, registered = "[yellow]disabled[/]", "-"
+        else:
+            status = f"[red]failed in {p['stage']}[/]"
+            registered = f"[red]{p['error']}[/]"
+        dist = f"{p['distribution']} {p['version']}" + (" (built-in)" if p["builtin"] else "")
+        table.add_row(p["name"], dist, status, ", ".join(p["hooks"]) or "-", registered)
+    ui.out.print(table)
+    if not report["plugins"]:
+        ui.out.print("No plugins found: is cvkit installed (pip install -e .)?")
+
+
+def render_entries(report: dict) -> None:
+    from rich.table import Table
+
+    from cvkit import ui
+
+    for name, rows in report.items():
+        table = Table(title=name, title_justify="left")
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("plugin")
+        if name == "models":
+            table.add_column("input")
+            table.add_column("transforms")
+        table.add_column("help", overflow="fold")
+        for r in rows:
+            cells = [r["name"], r["plugin"]]
+            if name == "models":
+                cells += ["x".join(map(str, r["input_size"])) if "input_size" in r else "-",
+                          r.get("default_transforms") or "-"]
+            cells.append(f"[red]{r['help']}[/]" if r.get("conflict") else r["help"])
+            table.add_row(*cells)
+        if not rows:
+            table.add_row(*(["(none)"] + [""] * (len(table.columns) - 1)))
+        ui.out.print(table)

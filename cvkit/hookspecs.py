@@ -1,0 +1,76 @@
+"""The cvkit plugin API: the hooks a plugin may implement.
+
+A plugin is a module (or object) with functions marked ``@cvkit.hookimpl`` whose names match the
+specifications below. It is found through the ``cvkit`` entry-point group of an installed
+distribution. An implementation may take fewer arguments than its specification.
+
+Every ``register`` callable has the form ``register(name, build, *, help="", **metadata)``: ``build``
+is a factory, called only when the thing is used, so a plugin module must not import torch at module
+level (import it inside the factory). A factory may accept extra keyword options; users pass them
+with ``--opt KIND.KEY=VALUE`` or the ``options:`` mapping of a YAML config.
+
+The full contract, with an example for each hook, is in docs/plugins.md.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("cvkit")
+hookimpl = pluggy.HookimplMarker("cvkit")
+
+
+@hookspec
+def register_models(register):
+    """Register models: ``register(name, build, *, input_size, mean, std, help="", default_transforms=None)``.
+
+    ``build(num_classes: int, weights: str | None, **options) -> torch.nn.Module``. ``input_size`` is
+    ``(channels, height, width)``; ``mean`` and ``std`` (one value per channel) are the normalisation
+    the model expects; ``default_transforms`` names the transforms used when the user names none.
+    """
+
+
+@hookspec
+def register_transforms(register):
+    """Register image transforms: ``register(name, build, *, help="")``.
+
+    ``build(*, train: bool, input_size: tuple[int, int, int], mean, std, **options)`` returns a
+    callable ``PIL.Image -> Tensor[C, H, W]``.
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register losses: ``register(name, build, *, help="")``.
+
+    ``build(**options)`` returns a callable ``(logits: Tensor[N, C], targets: LongTensor[N]) -> scalar Tensor``.
+    """
+
+
+@hookspec
+def register_optimizers(register):
+    """Register optimizers: ``register(name, build, *, help="")``.
+
+    ``build(params, *, lr: float, **options) -> torch.optim.Optimizer``; ``params`` holds only the
+    parameters that train.
+    """
+
+
+@hookspec
+def register_schedulers(register):
+    """Register learning-rate schedulers: ``register(name, build, *, help="")``.
+
+    ``build(optimizer, *, epochs: int, **options)`` returns a scheduler stepped once per epoch, or None.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register dataset formats: ``register(name, build, *, help="")``.
+
+    ``build(root: str, *, split: str, transform, **options)`` returns a torch Dataset yielding
+    ``(tensor, int)`` pairs, with a ``.classes`` list of class names in label order.
+    """
+
+
+@hookspec
+def register_commands(app):
+    """Add commands to the cvkit command line; ``app`` is the cvkit ``typer.Typer``."""

@@ -1,0 +1,73 @@
+"""The one image loader: every command and dataset reads pictures through ``load_image``.
+
+It names the file in every error, applies EXIF orientation, composites transparency on white and
+scales 16-bit images instead of clipping them. It returns an ``L`` image for grayscale sources and
+an ``RGB`` image for everything else; transforms convert to the model's channel count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvkit.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def load_image(path):
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _normalise_mode(img)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not an image") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large, refused as a possible decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        reason = str(exc) or type(exc).__name__
+        if path.stat().st_size == 0 if path.exists() else False:
+            reason = "empty file"
+        raise DataError(f"{path}: not a readable image ({reason})") from None
+
+
+def _normalise_mode(img):
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img.copy()
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grey: scale to 8 bits (convert("L") would clip everything above 255 to white)
+        img = img.convert("I")
+        lo, hi = img.getextrema()
+        top = 65535 if hi > 255 else 255
+        return img.point(lambda v: v * (255.0 / top)).convert("L")
+    if mode == "F":
+        return img.convert("L")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        composed = Image.alpha_composite(background, rgba)
+        return composed.convert("L" if mode in ("LA", "La") else "RGB")
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def find_images(path) -> list[Path]:
+    """Image files under a folder (recursively, hidden entries skipped), sorted."""
+    root = Path(path)
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )

@@ -1,0 +1,50 @@
+"""Built-in plugin: the chapter's augmentation (``chapter``) and a deterministic one (``plain``).
+
+Sizes, channels and normalisation come from the model's registration, so ``net`` reads any image as
+1x32x32 and resnet18 as 3x224x224.
+"""
+
+import cvkit
+
+
+class ToChannels:
+    """Convert a PIL image to 1 (grayscale) or 3 (RGB) channels. A class, not a lambda, so that
+    DataLoader worker processes can pickle it."""
+
+    def __init__(self, channels: int):
+        if channels not in (1, 3):
+            raise ValueError(f"the built-in transforms read images as 1 or 3 channels, not {channels}")
+        self.mode = "L" if channels == 1 else "RGB"
+
+    def __call__(self, img):
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self):
+        return f"ToChannels(mode={self.mode!r})"
+
+
+def build_chapter(*, train: bool, input_size, mean, std, scale=(0.08, 1.0), flip: float = 0.5):
+    from torchvision import transforms as T
+
+    channels, height, width = input_size
+    if train:
+        steps = [T.RandomResizedCrop((height, width), scale=tuple(scale)), T.RandomHorizontalFlip(flip)]
+    else:
+        steps = [T.Resize(round(min(height, width) * 256 / 224)), T.CenterCrop((height, width))]
+    return T.Compose([ToChannels(channels), *steps, T.ToTensor(), T.Normalize(mean, std)])
+
+
+def build_plain(*, train: bool, input_size, mean, std):
+    from torchvision import transforms as T
+
+    channels, height, width = input_size
+    return T.Compose([ToChannels(channels), T.Resize(min(height, width)), T.CenterCrop((height, width)),
+                      T.ToTensor(), T.Normalize(mean, std)])
+
+
+@cvkit.hookimpl
+def register_transforms(register):
+    register("chapter", build_chapter,
+             help="train: RandomResizedCrop + RandomHorizontalFlip; eval: Resize(size*256/224) + CenterCrop; then Normalize")
+    register("plain", build_plain,
+             help="deterministic Resize + CenterCrop + Normalize, for train and eval")
