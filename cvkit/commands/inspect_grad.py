@@ -149,6 +149,7 @@ def _graph(fn, names: dict, depth: int) -> dict | None:
 
 
 def render_inspect_grad(report: dict) -> None:
+    from rich import box
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -170,23 +171,34 @@ def render_inspect_grad(report: dict) -> None:
     _add_nodes(tree, report["graph"])
     out.print(Panel(tree, title="autograd graph (next_functions)", expand=False))
 
-    table = Table(title="parameters and gradients", title_justify="left")
-    for col, just in (("name", "left"), ("shape", "left"), ("count", "right"), ("trainable", "left"),
-                      ("grad after zero_grad()", "left"), ("grad norm", "right"), ("grad mean", "right"),
-                      ("max |grad|", "right"), ("non-finite", "right")):
-        table.add_column(col, justify=just)
-    for p in report["parameters"]:
+    none_before = sum(p["grad_before_backward"] is None for p in report["parameters"])
+    out.print(f"after zero_grad(): {none_before} of {len(report['parameters'])} parameters have .grad None")
+    table = Table(title="gradients after backward()", title_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+    params = report["parameters"]
+    nonfinite = sum((p["grad_after_backward"] or {}).get("nonfinite", 0) for p in params)
+    table.add_column("name", overflow="fold", min_width=min(22, max(len(p["name"]) for p in params)))
+    table.add_column("shape", no_wrap=True, min_width=max(len("x".join(map(str, p["shape"]))) for p in params))
+    columns = ("count", "train", "norm", "mean", "max|g|") + (("nan/inf",) if nonfinite else ())
+    for col in columns:
+        table.add_column(col, justify="left" if col == "train" else "right", no_wrap=True,
+                         min_width=max(len(col), 6))
+    for p in params:
         g = p["grad_after_backward"]
-        cells = [p["name"], "x".join(map(str, p["shape"])), f"{p['count']:,}",
-                 "yes" if p["trainable"] else "[yellow]frozen[/]",
-                 "None" if p["grad_before_backward"] is None else "set"]
+        cells = [p["name"], "x".join(map(str, p["shape"])), _short_count(p["count"]),
+                 "yes" if p["trainable"] else "[yellow]frozen[/]"]
         if g is None:
-            cells += ["None", "", "", ""]
+            cells += ["None", "", ""]
         else:
-            cells += [f"{g['norm']:.4g}", f"{g['mean']:.3g}", f"{g['max_abs']:.3g}",
-                      f"[red]{g['nonfinite']}[/]" if g["nonfinite"] else "0"]
+            cells += [f"{g['norm']:.3g}", f"{g['mean']:.2g}", f"{g['max_abs']:.3g}"]
+        if nonfinite:
+            cells.append(f"[red]{g['nonfinite']}[/]" if g and g["nonfinite"] else "0")
         table.add_row(*cells)
     out.print(table)
+    if nonfinite:
+        out.print(f"[red bold]{nonfinite} gradient values are NaN or infinite[/]")
+    else:
+        out.print("every gradient value is finite")
 
     small = [p for p in report["parameters"] if p["grad_after_backward"]
              and "values" in p["grad_after_backward"]]
@@ -212,6 +224,10 @@ def render_inspect_grad(report: dict) -> None:
             table.add_row(p["name"], f"{p['change_norm']:.4g}", f"{p['max_abs_change']:.3g}",
                           style=None if p["trainable"] else "dim")
         out.print(table)
+
+
+def _short_count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.0f}k" if n >= 10_000 else str(n)
 
 
 def _add_nodes(tree, node) -> None:

@@ -1,0 +1,89 @@
+"""Shared test fixtures.
+
+``fake_dist`` installs a throw-away distribution (modules + a ``*.dist-info`` with ``cvkit`` entry
+points) on ``sys.path``, exactly what pip leaves behind, so plugin loading is tested through real
+entry-point discovery. ``cli`` runs ``cvkit.cli.main`` in-process and returns its exit code and output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cvkit.plugins import set_plugins
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins(monkeypatch):
+    """Each test starts with no cached plugins and no cvkit plugin variables from the caller."""
+    for var in ("CVKIT_DISABLE_PLUGINS", "CVKIT_DISABLE_PLUGIN_AUTOLOAD", "CVKIT_STRICT_PLUGINS",
+                "CVKIT_VERBOSE"):
+        monkeypatch.delenv(var, raising=False)
+    set_plugins(None)
+    yield
+    set_plugins(None)
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """``fake_dist(name, modules={"mod": "source"}, entry_points={"ep": "mod"})`` -> site folder."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    added_modules = []
+
+    def install(name: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "1.0"):
+        for mod, source in modules.items():
+            (site / f"{mod}.py").write_text(textwrap.dedent(source))
+            added_modules.append(mod)
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[cvkit]\n{lines}\n")
+        return site
+
+    yield install
+    for mod in added_modules:
+        sys.modules.pop(mod, None)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("list", "models", "--json")`` -> Result(code, out, err), run in this process."""
+    from cvkit.cli import main
+
+    def run(*args: str) -> Result:
+        set_plugins(None)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_cvkit(*args: str, env: dict | None = None, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m cvkit ARGS`` in a fresh interpreter (for what needs a clean process)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cvkit", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
