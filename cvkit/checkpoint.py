@@ -71,10 +71,14 @@ def load_file(path, *, option: str = "checkpoint") -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        # The weights-only unpickler names the class or function it refused ("Unsupported global:
+        # GLOBAL os.system ..."); any other failure (a text file, a plain pickle) is just not a checkpoint.
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
             raise CheckpointError(
                 f"{option} {path}: refused, the file holds Python objects that could run code "
                 f"(only tensors and plain data are loaded)") from None
+        if "Weights only load failed" in str(exc):
+            first = "not a file written by torch.save"
         raise CheckpointError(f"{option} {path}: not a cvkit checkpoint or state dict ({first})") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as exc:
         raise CheckpointError(
@@ -130,3 +134,64 @@ def load_weights_into(model, path, *, head: str | None = None, option: str = "--
         raise CheckpointError(f"{option} {path}: weights do not fit the model ({'; '.join(parts)})")
     model.load_state_dict(state, strict=False)
     return reset
+
+
+def versions() -> dict:
+    import platform
+
+    import torch
+    import torchvision
+
+    from cvkit import __version__
+
+    return {"cvkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def make_checkpoint(*, model, spec, classes, transform_name, transform, config: dict, run: dict, epoch: int,
+                    metrics: dict, history: list, best: dict, optimizer=None, scheduler=None,
+                    scaler=None, rng: dict | None = None, model_state: dict | None = None) -> dict:
+    """A self-describing checkpoint: everything needed to rebuild, evaluate, predict and resume.
+
+    Only tensors and plain data, so it loads with ``torch.load(weights_only=True)``.
+    """
+    import datetime
+
+    state = model_state if model_state is not None else model.state_dict()
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": spec.name, "plugin": spec.plugin, "num_classes": len(classes),
+            "input_size": list(spec.input_size), "mean": list(spec.mean), "std": list(spec.std),
+            "default_transforms": spec.default_transforms,
+        },
+        "classes": list(classes),
+        "transform": {"name": transform_name, "train": False, "input_size": list(spec.input_size),
+                      "mean": list(spec.mean), "std": list(spec.std), "repr": repr(transform)},
+        "config": config,
+        "run": run,
+        "epoch": epoch,
+        "metrics": metrics,
+        "history": history,
+        "best": best,
+        "model_state": {k: v.detach().cpu() for k, v in state.items()},
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "scaler_state": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "rng": rng,
+        "versions": versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_checkpoint(path, *, option: str = "--checkpoint") -> dict:
+    """A cvkit checkpoint (``best.pt``/``last.pt``); a clear error for anything else."""
+    obj = load_file(path, option=option)
+    if not is_checkpoint(obj):
+        raise CheckpointError(f"{option} {path}: not a cvkit checkpoint (a plain state dict? "
+                              f"use it with --weights instead)")
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{option} {path}: written by a newer cvkit (format "
+                              f"{obj.get('format_version')}); upgrade cvkit to read it")
+    return obj

@@ -106,6 +106,45 @@ def make_app(plugins=None) -> typer.Typer:
             device=device, seed=seed, options=parse_opts(opt))
         ui.print_json(report) if json else render_inspect_grad(report)
 
+    @app.command("train", rich_help_panel="Train and use")
+    def train_cmd(
+        data: Annotated[Optional[str], typer.Argument(
+            help="Image folder: DATA/train/<class>/* and DATA/val/<class>/*, or DATA/<class>/* with --val-split.")] = None,
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered model [default: net].")] = None,
+        epochs: Annotated[Optional[int], typer.Option(help="Epochs [default: 25, as in the chapter].")] = None,
+        batch_size: Annotated[Optional[int], typer.Option(help="Images per batch [default: 32].")] = None,
+        lr: Annotated[Optional[float], typer.Option(help="Learning rate [default: 0.001].")] = None,
+        optimizer: Annotated[Optional[str], typer.Option(help="Registered optimizer [default: sgd].")] = None,
+        loss: Annotated[Optional[str], typer.Option(help="Registered loss [default: cross-entropy].")] = None,
+        scheduler: Annotated[Optional[str], typer.Option(help="Registered scheduler [default: step].")] = None,
+        transforms: Annotated[Optional[str], typer.Option(help="Registered transforms [default: the model's].")] = None,
+        weights: Annotated[Optional[str], typer.Option(help="imagenet, none or a weights file [default: the model's].")] = None,
+        dataset: Annotated[Optional[str], typer.Option(help="Registered dataset format [default: imagefolder].")] = None,
+        val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction of each class for validation (DATA/<class> layout).")] = None,
+        device: Annotated[Optional[str], typer.Option(help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps [default: auto].")] = None,
+        precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16, fp16 [default: auto].")] = None,
+        workers: Annotated[Optional[str], typer.Option(help="DataLoader worker processes, or auto [default: auto].")] = None,
+        seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
+        patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better val accuracy.")] = None,
+        out: Annotated[Optional[str], typer.Option(help="Run directory [default: a new one under ./runs/].")] = None,
+        resume: Annotated[Optional[str], typer.Option(help="Continue a run: its directory or a checkpoint.")] = None,
+        config: Annotated[Optional[str], typer.Option(help="YAML file of options (the command line wins).")] = None,
+        opt: OptOpt = None,
+        json: JsonOpt = False,
+    ):
+        """Train a model on a folder of images; writes a run directory with checkpoints, metrics and plots."""
+        from cvkit.commands.train import train_command
+        from cvkit.options import parse_opts
+
+        values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                      loss=loss, scheduler=scheduler, transforms=transforms, weights=weights, dataset=dataset,
+                      val_split=val_split, device=device, precision=precision, workers=workers, seed=seed,
+                      patience=patience, out=out, options=parse_opts(opt) or None)
+        summary = train_command(cli_values={k: v for k, v in values.items() if v is not None},
+                                config_file=config, resume=resume, json=json)
+        if json:
+            ui.print_json(summary)
+
     if plugins is not None:
         plugins.add_commands(app)
     return app

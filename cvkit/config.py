@@ -1,0 +1,139 @@
+"""Training options: defaults, a YAML file, and the command line, merged in that order.
+
+Every option has one name; a YAML file may spell it with dashes or underscores
+(``batch-size: 64`` or ``batch_size: 64``). Only ``yaml.safe_load`` is used: a config file cannot
+construct Python objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvkit.errors import UsageError
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    model: str = "net"
+    epochs: int = 25
+    batch_size: int = 32
+    lr: float = 0.001
+    optimizer: str = "sgd"
+    loss: str = "cross-entropy"
+    scheduler: str = "step"
+    transforms: str | None = None  # None: the model's default
+    weights: str | None = None  # None: the model's default
+    dataset: str = "imagefolder"
+    val_split: float | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | str = "auto"
+    seed: int = 0
+    patience: int | None = None
+    out: str | None = None
+    options: dict = field(default_factory=dict)  # {"optimizer": {"momentum": 0.5}, ...}
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# What a value of each option may be; None is allowed where the default is None.
+_TYPES = {
+    "data": (str,), "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int),
+    "optimizer": (str,), "loss": (str,), "scheduler": (str,), "transforms": (str,), "weights": (str,),
+    "dataset": (str,), "val_split": (float, int), "device": (str,), "precision": (str,),
+    "workers": (int, str), "seed": (int,), "patience": (int,), "out": (str,), "options": (dict,),
+}
+
+
+def _check_value(key: str, value: Any, where: str | None) -> Any:
+    """Check one option; ``where`` names the config file, or None for the command line."""
+    label = key if where else f"--{key.replace('_', '-')}"
+    where = f"{where}: " if where else ""
+    if value is None:
+        if FIELDS[key].default is None:
+            return None
+        raise UsageError(f"{where}{label} cannot be empty")
+    types = _TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        expected = " or ".join(t.__name__ for t in types)
+        raise UsageError(f"{where}{label} must be {expected}, got {value!r}")
+    if key == "workers" and isinstance(value, str) and value != "auto":
+        raise UsageError(f"{where}{label} must be a number or 'auto', got {value!r}")
+    if key in ("epochs", "batch_size") and value < 1:
+        raise UsageError(f"{where}{label} must be at least 1, got {value}")
+    if key == "lr" and not value > 0:
+        raise UsageError(f"{where}{label} must be positive, got {value}")
+    if key == "val_split" and not 0 < value < 1:
+        raise UsageError(f"{where}{label} must be between 0 and 1, got {value}")
+    if key == "patience" and value < 1:
+        raise UsageError(f"{where}{label} must be at least 1, got {value}")
+    if key == "options":
+        for kind, opts in value.items():
+            if not isinstance(opts, dict):
+                raise UsageError(f"{where}{label}.{kind} must be a mapping of option names to values")
+    return float(value) if key in ("lr", "val_split") else value
+
+
+def read_config_file(path) -> dict:
+    """The options in a YAML file, checked against the known names and types."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: cannot read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"--config {path}: invalid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"--config {path}: expected a mapping of option names to values")
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(FIELDS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--config {path}: unknown key {key!r}{hint}")
+        values[name] = _check_value(name, value, f"--config {path}")
+    return values
+
+
+def make_config(file_values: dict | None = None, cli_values: dict | None = None) -> TrainConfig:
+    """Defaults, then the file, then the command line (values that are None were not given)."""
+    merged: dict[str, Any] = {}
+    for source, where in ((file_values or {}, "config"), (cli_values or {}, None)):
+        for key, value in source.items():
+            if value is None:
+                continue
+            if key == "options":
+                for kind, opts in value.items():
+                    merged.setdefault("options", {}).setdefault(kind, {}).update(opts)
+                continue
+            merged[key] = _check_value(key, value, where)
+    return TrainConfig(**merged)
+
+
+def write_config(config: TrainConfig, path) -> None:
+    """``config.yaml`` of a run: ``cvkit train --config RUN/config.yaml`` repeats the run."""
+    import yaml
+
+    data = {k.replace("_", "-"): v for k, v in config.as_dict().items() if k not in ("out",)}
+    Path(path).write_text(
+        "# cvkit train options of this run; repeat it with: cvkit train --config THIS_FILE\n"
+        + yaml.safe_dump(data, sort_keys=False))

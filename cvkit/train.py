@@ -1,0 +1,405 @@
+"""The training loop: the chapter's ``train_model``, done right.
+
+Per epoch a train phase and a validation phase; the scheduler steps after the epoch's optimizer
+steps; the best validation accuracy's weights are kept, saved as ``best.pt`` and are the final model;
+``last.pt`` is written every epoch so a run can resume. Frozen parameters never reach the optimizer.
+``run_phase`` is the one loop over batches, used for training, validation and ``cvkit eval``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cvkit import ui
+from cvkit.build import (ModelSpec, build_loss, build_model, build_optimizer, build_scheduler,
+                         build_transform, model_spec)
+from cvkit.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from cvkit.config import TrainConfig, write_config
+from cvkit.data import load_splits, make_loader, resolve_workers
+from cvkit.device import resolve_device, resolve_precision
+from cvkit.errors import CheckpointError, NumericalError, UsageError
+from cvkit.plugins import Plugins, get_plugins
+
+RUNS_DIR = "runs"
+
+
+def autocast(device, precision: str):
+    """Mixed precision for the forward pass and the loss; nothing for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimizer=None, scaler=None,
+              progress=None, description: str = "", epoch: int = 0, label_map=None,
+              collect: bool = False, topk: int = 1) -> dict:
+    """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
+
+    Returns mean loss, accuracy (and top-k accuracy), the image count and rate, and with ``collect``
+    the predicted and true labels in loader order (for confusion matrices).
+    """
+    import torch
+
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, correct_k, seen, step = 0.0, 0, 0, 0, 0
+    predictions, targets = [], []
+    task = progress.add_task(description, total=len(loader), rate="", stats="") if progress else None
+    start = time.perf_counter()
+    with torch.enable_grad() if training else torch.inference_mode():
+        for step, (x, y) in enumerate(loader, 1):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if label_map is not None:
+                y = label_map.to(y.device)[y]
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                phase = "training" if training else "validation"
+                raise NumericalError(f"loss is {loss_value} in epoch {epoch}, {phase} step {step}; "
+                                     f"try a lower --lr or --precision fp32")
+            if training:
+                if scaler is not None and scaler.is_enabled():
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+            n = y.shape[0]
+            predicted = logits.detach().argmax(1)
+            total_loss += loss_value * n
+            correct += int((predicted == y).sum())
+            if topk > 1:
+                k = min(topk, logits.shape[1])
+                correct_k += int((logits.detach().topk(k, dim=1).indices == y[:, None]).any(1).sum())
+            seen += n
+            if collect:
+                predictions.append(predicted.cpu())
+                targets.append(y.cpu())
+            if progress is not None:
+                elapsed = time.perf_counter() - start
+                progress.update(task, advance=1, rate=f"{seen / max(elapsed, 1e-9):.0f} img/s",
+                                stats=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
+    seconds = time.perf_counter() - start
+    if progress is not None:
+        progress.remove_task(task)
+    result = {
+        "loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
+        "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else 0.0,
+    }
+    if topk > 1:
+        result[f"top{topk}_accuracy"] = correct_k / max(seen, 1)
+    if collect:
+        result["predictions"] = torch.cat(predictions).tolist() if predictions else []
+        result["targets"] = torch.cat(targets).tolist() if targets else []
+    return result
+
+
+def confusion_matrix(targets: list[int], predictions: list[int], num_classes: int) -> list[list[int]]:
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for t, p in zip(targets, predictions):
+        matrix[t][p] += 1
+    return matrix
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(loader) -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "loader": loader.generator.get_state() if loader.generator is not None else None}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, loader) -> None:
+    import torch
+
+    if not state:
+        return
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("loader") is not None and loader.generator is not None:
+        loader.generator.set_state(state["loader"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def new_run_dir(model: str, root: str = RUNS_DIR) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{model}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
+def resolve_checkpoint_path(value: str, *, option: str, name: str = "last.pt") -> Path:
+    """A run directory (its ``name``) or a checkpoint file."""
+    path = Path(value)
+    if path.is_dir():
+        path = path / name
+    if not path.exists():
+        raise CheckpointError(f"{option} {value}: no such checkpoint ({path})")
+    return path
+
+
+def _clean_stale_temp_files(run_dir: Path) -> None:
+    for tmp in run_dir.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "best"]
+
+
+def write_metrics(history: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _epoch_table(first: bool):
+    from rich.table import Table
+
+    table = Table(box=None, show_header=first, header_style="bold underline", pad_edge=False)
+    for name, width in (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
+                        ("lr", 7), ("time", 6), ("", 4)):
+        table.add_column(name, justify="right", width=width, no_wrap=True)
+    return table
+
+
+def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | None = None,
+        show_progress: bool = True, console=None) -> dict:
+    """Train ``config.model`` on ``config.data``; returns the run's summary (JSON-ready)."""
+    import torch
+
+    plugins = plugins or get_plugins()
+    console = console or ui.out
+    started = time.perf_counter()
+
+    checkpoint = None
+    if resume:
+        ckpt_path = resolve_checkpoint_path(resume, option="--resume")
+        checkpoint = load_checkpoint(ckpt_path, option="--resume")
+        saved = checkpoint.get("config") or {}
+        if config.model != saved.get("model", config.model):
+            raise CheckpointError(f"--resume {resume}: the checkpoint is of model {saved.get('model')!r}, "
+                                  f"not {config.model!r}")
+        run_dir = ckpt_path.parent
+    if config.data is None:
+        raise UsageError("DATA: give the image folder to train on")
+
+    spec: ModelSpec = model_spec(config.model, plugins)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    seed_everything(config.seed)
+    opts = config.options or {}
+
+    transform_name = config.transforms or spec.default_transforms or "plain"
+    train_tf = build_transform(spec, transform_name, train=True, options=opts.get("transform"), plugins=plugins)
+    eval_tf = build_transform(spec, transform_name, train=False, options=opts.get("transform"), plugins=plugins)
+    loss_fn = build_loss(config.loss, options=opts.get("loss"), plugins=plugins)
+    splits = load_splits(config.data, dataset=config.dataset, train_transform=train_tf, eval_transform=eval_tf,
+                         val_split=config.val_split, seed=config.seed, options=opts.get("dataset"),
+                         plugins=plugins)
+    classes = splits.classes
+    if checkpoint is not None and checkpoint["classes"] != classes:
+        raise CheckpointError(f"--resume {resume}: the checkpoint's classes {checkpoint['classes']} differ "
+                              f"from the data's {classes}")
+
+    workers = resolve_workers(config.workers, len(splits.train))
+    train_loader = make_loader(splits.train, batch_size=config.batch_size, shuffle=True, workers=workers,
+                               device=device, seed=config.seed)
+    val_loader = make_loader(splits.val, batch_size=config.batch_size, shuffle=False, workers=workers,
+                             device=device, seed=config.seed)
+
+    weights = "none" if checkpoint is not None else config.weights
+    model = build_model(config.model, num_classes=len(classes), weights=weights,
+                        options=opts.get("model"), plugins=plugins)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model_state"])
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise UsageError(f"--model {config.model}: no trainable parameters")
+    optimizer = build_optimizer(config.optimizer, trainable, lr=config.lr, options=opts.get("optimizer"),
+                                plugins=plugins)
+    scheduler = build_scheduler(config.scheduler, optimizer, epochs=config.epochs,
+                                options=opts.get("scheduler"), plugins=plugins)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    history: list[dict] = []
+    best = {"epoch": 0, "val_accuracy": -1.0}
+    start_epoch = 1
+    best_state = None
+    best_confusion = None
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if scheduler is not None and checkpoint.get("scheduler_state"):
+            scheduler.load_state_dict(checkpoint["scheduler_state"])
+        if checkpoint.get("scaler_state"):
+            scaler.load_state_dict(checkpoint["scaler_state"])
+        history = list(checkpoint.get("history") or [])
+        best = dict(checkpoint.get("best") or best)
+        start_epoch = int(checkpoint["epoch"]) + 1
+        best_file = run_dir / "best.pt"
+        if best_file.exists():
+            best_ckpt = load_checkpoint(best_file)
+            best_state = best_ckpt["model_state"]
+            best_confusion = (best_ckpt.get("metrics") or {}).get("confusion_matrix")
+        _set_rng_state(checkpoint.get("rng"), train_loader)
+    else:
+        run_dir = Path(config.out) if config.out else new_run_dir(config.model)
+        if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
+            raise UsageError(f"--out {run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
+    _clean_stale_temp_files(run_dir)
+    write_config(config, run_dir / "config.yaml")
+    if splits.layout.get("layout") == "split":
+        import json
+
+        (run_dir / "split.json").write_text(json.dumps(splits.layout, indent=1))
+
+    config_record = {**config.as_dict(), "out": str(run_dir)}
+    run_record = {"device": str(device), "precision": precision, "workers": workers,
+                  "transforms": transform_name, "layout": splits.layout.get("layout")}
+    if not show_progress:
+        console = ui.err if console is ui.out else console
+    if show_progress:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        console.print(
+            f"[bold]cvkit train[/] {config.model} on {config.data}: {len(splits.train)} train / "
+            f"{len(splits.val)} val images, {len(classes)} classes, {device} {precision}, "
+            f"batch {config.batch_size}, workers {workers}"
+            + (f", {frozen:,} frozen parameters" if frozen else "") + f" -> {run_dir}")
+
+    patience_left = config.patience
+    epochs_run = 0
+    train_images, train_seconds = 0, 0.0
+    progress = ui.make_progress(enabled=show_progress, console=console)
+    with progress:
+        for epoch in range(start_epoch, config.epochs + 1):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            tr = run_phase(model, train_loader, loss_fn, device=device, precision=precision,
+                           optimizer=optimizer, scaler=scaler, progress=progress,
+                           description=f"epoch {epoch}/{config.epochs} train", epoch=epoch)
+            va = run_phase(model, val_loader, loss_fn, device=device, precision=precision,
+                           progress=progress, description=f"epoch {epoch}/{config.epochs} val",
+                           epoch=epoch, collect=True)
+            if scheduler is not None:
+                scheduler.step()
+            epochs_run += 1
+            train_images += tr["images"]
+            train_seconds += tr["seconds"]
+            improved = va["accuracy"] > best["val_accuracy"]
+            row = {"epoch": epoch, "train_loss": round(tr["loss"], 6), "train_accuracy": round(tr["accuracy"], 6),
+                   "val_loss": round(va["loss"], 6), "val_accuracy": round(va["accuracy"], 6), "lr": lr,
+                   "seconds": round(time.perf_counter() - t0, 3), "best": improved}
+            history.append(row)
+            confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
+            common = dict(model=model, spec=spec, classes=classes, transform_name=transform_name,
+                          transform=eval_tf, config=config_record, run=run_record, epoch=epoch, history=history,
+                          optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+            if improved:
+                best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_confusion = confusion
+                save_checkpoint(make_checkpoint(**common, best=best, rng=_rng_state(train_loader),
+                                                metrics={**row, "confusion_matrix": confusion}),
+                                run_dir / "best.pt")
+            save_checkpoint(make_checkpoint(**common, best=best, rng=_rng_state(train_loader),
+                                            metrics={**row, "confusion_matrix": confusion}),
+                            run_dir / "last.pt")
+            write_metrics(history, run_dir / "metrics.csv")
+            if show_progress:
+                table = _epoch_table(first=epoch == start_epoch)
+                table.add_row(f"{epoch}/{config.epochs}", f"{tr['loss']:.4f}", f"{tr['accuracy']:.3f}",
+                              f"{va['loss']:.4f}", f"{va['accuracy']:.3f}", f"{lr:.2g}",
+                              f"{row['seconds']:.1f}s", "[green]best[/]" if improved else "")
+                console.print(table)
+            if config.patience:
+                patience_left = config.patience if improved else patience_left - 1
+                if patience_left <= 0:
+                    if show_progress:
+                        console.print(f"early stop: no better val accuracy for {config.patience} epochs")
+                    break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)  # the final model is the best one
+    _write_reports(run_dir, history, best_confusion, classes)
+    seconds = time.perf_counter() - started
+    summary = {
+        "run_dir": str(run_dir),
+        "model": config.model,
+        "classes": classes,
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"] if best["val_accuracy"] >= 0 else None,
+        "epochs_run": epochs_run,
+        "last_epoch": history[-1]["epoch"] if history else start_epoch - 1,
+        "seconds": round(seconds, 3),
+        "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
+        "device": str(device),
+        "precision": precision,
+        "best_checkpoint": str(run_dir / "best.pt"),
+        "last_checkpoint": str(run_dir / "last.pt"),
+    }
+    if show_progress:
+        _print_summary(summary, console)
+    return summary
+
+
+def _write_reports(run_dir: Path, history: list[dict], confusion, classes) -> None:
+    from cvkit import reports
+
+    if history:
+        reports.plot_curves(history, run_dir / "curves.png")
+    if confusion is not None:
+        reports.plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png",
+                                      title="Validation confusion matrix (best model)")
+
+
+def _print_summary(summary: dict, console) -> None:
+    acc = summary["best_val_accuracy"]
+    console.print(
+        f"\n[bold green]done[/] in {summary['seconds']:.1f}s: best val accuracy "
+        f"[bold]{acc:.3f}[/] at epoch {summary['best_epoch']} "
+        f"({summary['train_images_per_second']} train images/s on {summary['device']} {summary['precision']})"
+        if acc is not None else f"\n[bold]done[/] in {summary['seconds']:.1f}s")
+    console.print(f"run directory: {summary['run_dir']}")
+    console.print(f"  evaluate: cvkit eval --checkpoint {summary['best_checkpoint']}")
+    console.print(f"  predict:  cvkit predict IMAGE... --checkpoint {summary['best_checkpoint']}")
