@@ -48,7 +48,8 @@ def _normalise_mode(img):
         # 16/32-bit grey: scale to 8 bits (convert("L") would clip everything above 255 to white)
         img = img.convert("I")
         lo, hi = img.getextrema()
-        top = 65535 if hi > 255 else 255
+        # I;16 is 16-bit by definition (a dark picture must stay dark); plain I: guess from the values
+        top = 65535 if mode.startswith("I;16") or hi > 255 else 255
         return img.point(lambda v: v * (255.0 / top)).convert("L")
     if mode == "F":
         return img.convert("L")

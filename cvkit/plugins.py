@@ -91,7 +91,9 @@ class Plugins:
 
     def _fail(self, info: PluginInfo, stage: str, exc: BaseException) -> None:
         info.status, info.stage = "failed", stage
-        info.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        # One line, but all of it: pluggy puts what is wrong on the lines after the first.
+        error = " ".join(line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip())
+        info.error = error if len(error) <= 400 else error[:399] + "…"
         info.registered = {}
         plugin = self.pm.get_plugin(info.name)
         if plugin is not None:

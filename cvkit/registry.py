@@ -43,7 +43,7 @@ class Entry:
         factory that is not a cvkit error is reported as the plugin's failure.
         """
         options = dict(options or {})
-        _check_options(self, options, fixed=set(kwargs))
+        _check_options(self, options, fixed=set(kwargs), positional=len(args))
         try:
             return self.build(*args, **kwargs, **options)
         except CvkitError:
@@ -55,7 +55,7 @@ class Entry:
             ) from exc
 
 
-def _check_options(entry: Entry, options: dict, fixed: set) -> None:
+def _check_options(entry: Entry, options: dict, fixed: set, positional: int = 0) -> None:
     if not options:
         return
     try:
@@ -65,9 +65,9 @@ def _check_options(entry: Entry, options: dict, fixed: set) -> None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [
-        n for n, p in params.items()
+        n for i, (n, p) in enumerate(params.items())
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        and n not in fixed
+        and n not in fixed and i >= positional  # the first ``positional`` are given by position
     ]
     unknown = [k for k in options if k not in accepted]
     if unknown:

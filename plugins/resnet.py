@@ -13,11 +13,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _imagenet_state_dict():
+    import contextlib
+    import sys
+
     from torchvision.models import ResNet18_Weights
 
     weights = ResNet18_Weights.IMAGENET1K_V1
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        # torch.hub prints "Downloading: ..." on stdout: keep stdout for results (--json) only
+        with contextlib.redirect_stdout(sys.stderr):
+            return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as exc:  # URLError, socket errors, hash mismatch
         raise CheckpointError(
             f"--weights imagenet: cannot download resnet18's ImageNet weights from {weights.url} "

@@ -1,0 +1,82 @@
+"""The shell commands that only describe cvkit never import torch (each runs in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cvkit import __version__
+from conftest import REPO, run_cvkit
+
+PROBE = """
+import json, sys
+from cvkit.cli import main
+argv = json.loads(sys.argv[1])
+code = 0
+try:
+    main(argv)
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+sys.stdout.flush()
+print("PROBE " + json.dumps({"code": code, "torch": "torch" in sys.modules,
+                              "torchvision": "torchvision" in sys.modules}), file=sys.stderr)
+"""
+
+
+def probe(*argv: str) -> tuple[dict, str]:
+    """Run ``main(argv)`` in a fresh interpreter; -> (what it imported and its exit code, stdout)."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(argv))], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    last = [line for line in proc.stderr.splitlines() if line.startswith("PROBE ")]
+    assert last, proc.stderr
+    return json.loads(last[-1][len("PROBE "):]), proc.stdout
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--help"], ["inspect-grad", "plugins", "list", "device"]),
+    (["plugins"], ["cvkit plugins", "resnet18", "loaded"]),
+    (["plugins", "--json"], ['"distribution": "cvkit"']),
+    (["list", "models"], ["net", "resnet18-frozen", "1x32x32"]),
+    (["list"], ["models", "losses", "cross-entropy", "imagefolder"]),
+    (["list", "optimizers", "--json"], ['"adamw"']),
+    (["inspect-grad", "--help"], ["--weights", "--step"]),
+])
+def test_describing_commands_do_not_import_torch(argv, expect):
+    result, out = probe(*argv)
+    assert result["code"] == 0, out
+    for word in expect:
+        assert word in out, (word, out)
+    assert result["torch"] is False, f"cvkit {' '.join(argv)} imported torch"
+    assert result["torchvision"] is False, f"cvkit {' '.join(argv)} imported torchvision"
+
+
+def test_probe_notices_torch():
+    """The probe itself works: a command that needs torch is seen importing it."""
+    result, out = probe("inspect-grad", "--model", "net", "--json")
+    assert result["code"] == 0
+    assert json.loads(out)["model"]["name"] == "net"
+    assert result["torch"] is True
+
+
+def test_python_m_cvkit_version():
+    proc = run_cvkit("--version", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"cvkit {__version__}"
+    assert proc.stderr == ""
+
+
+def test_python_m_cvkit_without_arguments_shows_help():
+    proc = run_cvkit(timeout=120)
+    assert "Usage" in proc.stdout + proc.stderr
+    assert "inspect-grad" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_command_is_usage_error():
+    proc = run_cvkit("no-such-command", timeout=120)
+    assert proc.returncode == 2
+    assert "No such command" in proc.stderr
+    assert "Traceback" not in proc.stderr
