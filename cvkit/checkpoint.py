@@ -144,7 +144,8 @@ def versions() -> dict:
 
     from cvkit import __version__
 
-    return {"cvkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {"cvkit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version()}
 
 
@@ -195,3 +196,52 @@ def load_checkpoint(path, *, option: str = "--checkpoint") -> dict:
         raise CheckpointError(f"{option} {path}: written by a newer cvkit (format "
                               f"{obj.get('format_version')}); upgrade cvkit to read it")
     return obj
+
+
+def restore_model(path, *, device=None, option: str = "--checkpoint", plugins=None):
+    """Rebuild the model a cvkit checkpoint describes, with its weights and its eval transform.
+
+    Returns ``(model, checkpoint, spec, transform)``; the model is in eval mode on ``device``. The
+    input size and normalisation come from the checkpoint itself, not today's registration.
+    """
+    from cvkit.build import ModelSpec, build_model, build_transform
+    from cvkit.errors import PluginError, UsageError
+    from cvkit.plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    ckpt = load_checkpoint(path, option=option)
+    info = ckpt["model"]
+    if info["name"] not in plugins["models"]:
+        raise PluginError(f"{option} {path}: model {info['name']!r} (from plugin {info.get('plugin')!r}) "
+                          f"is not installed; install the plugin that provides it (see `cvkit list models`)")
+    spec = ModelSpec(name=info["name"], plugin=info.get("plugin", "?"), input_size=tuple(info["input_size"]),
+                     mean=tuple(info["mean"]), std=tuple(info["std"]),
+                     default_transforms=info.get("default_transforms"), help="")
+    options = (ckpt.get("config") or {}).get("options") or {}
+    model = build_model(spec.name, num_classes=len(ckpt["classes"]), weights="none",
+                        options=options.get("model"), plugins=plugins)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{option} {path}: weights do not fit model {spec.name!r} "
+                              f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+    try:
+        transform = build_transform(spec, ckpt["transform"]["name"], train=False,
+                                    options=options.get("transform"), plugins=plugins)
+    except UsageError as exc:
+        raise PluginError(f"{option} {path}: its transforms are not available ({exc})") from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, ckpt, spec, transform
+
+
+def latest_checkpoint(runs_dir="runs", name: str = "best.pt") -> Path:
+    """The ``best.pt`` of the newest run under ``runs_dir``; an error saying how to make one if none."""
+    root = Path(runs_dir)
+    found = sorted(root.glob(f"*/{name}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        raise CheckpointError(f"no --checkpoint given and no run with a {name} under ./{runs_dir}/; "
+                              f"train one first: cvkit train DATA --model net")
+    return found[-1]

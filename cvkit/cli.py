@@ -15,7 +15,7 @@ import typer
 
 from cvkit import __version__, ui
 from cvkit.errors import CvkitError
-from cvkit.plugins import check_strict, get_plugins
+from cvkit.plugins import check_strict, get_plugins, strict
 
 REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets"]
 
@@ -145,6 +145,101 @@ def make_app(plugins=None) -> typer.Typer:
         if json:
             ui.print_json(summary)
 
+    @app.command("eval", rich_help_panel="Train and use")
+    def eval_cmd(
+        data: Annotated[Optional[str], typer.Argument(
+            help="Folder of class folders, or a tree with val/ [default: the run's own validation split].")] = None,
+        checkpoint: Annotated[Optional[str], typer.Option(
+            "--checkpoint", "-c", help="Checkpoint or run directory [default: best.pt of the newest run in ./runs/].")] = None,
+        batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+        workers: Annotated[str, typer.Option(help="DataLoader worker processes, or auto.")] = "auto",
+        out: Annotated[Optional[str], typer.Option(help="Also write confusion_matrix.png and misclassified.png here.")] = None,
+        json: JsonOpt = False,
+    ):
+        """Evaluate a checkpoint: loss, top-1/top-5, per-class precision/recall/F1, confusion matrix."""
+        from cvkit.commands.evaluate import evaluate_checkpoint, render_eval
+
+        report = evaluate_checkpoint(data=data, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                                     precision=precision, workers=workers, out=out, show_progress=not json)
+        ui.print_json(report) if json else render_eval(report)
+
+    @app.command("predict", rich_help_panel="Train and use")
+    def predict_cmd(
+        images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
+        checkpoint: Annotated[Optional[str], typer.Option(
+            "--checkpoint", "-c", help="Checkpoint or run directory [default: best.pt of the newest run in ./runs/].")] = None,
+        top_k: Annotated[int, typer.Option(min=1, help="Classes shown per image.")] = 3,
+        batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+        precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+        grid: Annotated[Optional[str], typer.Option(help="Also draw the images with their predicted labels into this PNG.")] = None,
+        csv: Annotated[bool, typer.Option("--csv", help="Print CSV (path, rank, label, probability) on stdout.")] = False,
+        json: JsonOpt = False,
+    ):
+        """Predict the top-k classes of images with a trained checkpoint."""
+        from cvkit.commands.predict import predict_images, predictions_csv, render_predictions
+
+        if csv and json:
+            raise typer.BadParameter("choose one of --csv and --json")
+        report = predict_images(images, checkpoint=checkpoint, top_k=top_k, batch_size=batch_size,
+                                device=device, precision=precision, grid=grid)
+        if json:
+            ui.print_json([{"path": r["path"], "predictions": r["predictions"]} for r in report["results"]])
+        elif csv:
+            sys.stdout.write(predictions_csv(report))
+        else:
+            render_predictions(report)
+
+    @app.command("preview", rich_help_panel="Train and use")
+    def preview_cmd(
+        data: Annotated[str, typer.Argument(help="Image folder, as for train.")],
+        model: Annotated[str, typer.Option("--model", "-m", help="Model whose input size and transforms to use.")] = "net",
+        transforms: Annotated[Optional[str], typer.Option(help="Transforms [default: the model's].")] = None,
+        out: Annotated[str, typer.Option(help="PNG file to write.")] = "preview.png",
+        count: Annotated[int, typer.Option(min=1, max=64, help="Images in the grid.")] = 16,
+        val_split: Annotated[Optional[float], typer.Option(help="As for train, for the DATA/<class> layout.")] = None,
+        seed: Annotated[int, typer.Option(help="Which images and augmentations.")] = 0,
+    ):
+        """Save a grid of one augmented training batch with class names (the chapter's imshow)."""
+        from cvkit.commands.preview import preview_batch
+
+        result = preview_batch(data, model=model, transforms=transforms, out=out, count=count, seed=seed,
+                               val_split=val_split)
+        ui.out.print(result["path"])
+
+    data_app = typer.Typer(no_args_is_help=True, help="Make and check image folders.")
+    app.add_typer(data_app, name="data", rich_help_panel="Data")
+
+    @data_app.command("demo")
+    def data_demo_cmd(
+        folder: Annotated[str, typer.Argument(help="Where to draw the demo tree (train/ and val/).")] = "data/shapes",
+        seed: Annotated[int, typer.Option(help="Seed of the drawing (same seed, same images).")] = 0,
+        json: JsonOpt = False,
+    ):
+        """Draw the built-in synthetic shapes dataset (circles, squares, triangles, stars), offline."""
+        from cvkit.commands.data import make_demo_data
+
+        result = make_demo_data(folder, seed=seed)
+        ui.print_json(result) if json else ui.out.print(
+            f"{result['root']}: {result['counts']['train']} train / {result['counts']['val']} val images "
+            f"of {', '.join(result['classes'])}" + ("" if result.get("created") else " (already there)"))
+
+    @data_app.command("download")
+    def data_download_cmd(
+        name: Annotated[str, typer.Argument(help="cifar10, mnist or fashion-mnist.")],
+        folder: Annotated[str, typer.Argument(help="Where to write the ImageFolder tree.")],
+        json: JsonOpt = False,
+    ):
+        """Download a torchvision dataset and write it out as an ImageFolder tree (needs internet)."""
+        from cvkit.commands.data import download_dataset
+
+        result = download_dataset(name, folder)
+        ui.print_json(result) if json else ui.out.print(
+            f"{result['root']}: {result['counts']['train']} train / {result['counts']['val']} val images, "
+            f"{len(result['classes'])} classes")
+
     if plugins is not None:
         plugins.add_commands(app)
     return app
@@ -153,21 +248,25 @@ def make_app(plugins=None) -> typer.Typer:
 def _verbose(argv: list[str]) -> bool:
     if os.environ.get("CVKIT_VERBOSE", "").strip().lower() in {"1", "true", "yes", "on"}:
         return True
-    return any(a in ("--verbose", "-v") for a in argv)
+    return "--verbose" in argv or (argv[:1] == ["-v"])
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cvkit`` console script: known errors become one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _verbose(argv)
+    # --verbose is global: accept it after the command name too (typer knows it only before)
+    argv = [a for a in argv if a != "--verbose"]
     try:
         plugins = get_plugins()
         app = make_app(plugins)
+        if strict():
+            check_strict(plugins)
         for problem in plugins.problems():
             ui.warn(problem)
-        check_strict(plugins)
         app(args=argv, prog_name="cvkit")
     except CvkitError as exc:
-        if _verbose(argv):
+        if verbose:
             traceback.print_exc()
         ui.error(str(exc))
         sys.exit(exc.exit_code)

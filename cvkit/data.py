@@ -116,6 +116,16 @@ def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val
     return Splits(train=train, val=val, classes=list(train.classes), layout=info)
 
 
+def parse_workers(value):
+    """``auto``, None or a whole number given as text (the command line's form)."""
+    if value is None or value == "auto" or isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--workers {value!r}: a number or auto") from None
+
+
 def resolve_workers(workers, num_images: int) -> int:
     """``auto``: no worker processes for small sets or 2-core machines, where starting and feeding
     workers costs more than decoding in the main process; else up to 8, leaving one core free."""

@@ -145,14 +145,26 @@ class Plugins:
                 info.registered.setdefault(KINDS[entry.kind], []).append(entry.name)
 
     def add_commands(self, app) -> None:
-        """Let plugins add commands to the typer app; a plugin that raises has its commands removed."""
+        """Let plugins add commands to the typer app.
+
+        A plugin whose hook raises, whose command typer cannot build, or whose command name is
+        already taken has its commands removed and is skipped: one plugin never breaks the CLI.
+        """
+        import typer.main
+
         for info, plugin in self.loaded():
             impl = _impl_of(self.pm, "register_commands", plugin)
             if impl is None:
                 continue
+            taken = set(_command_names(app))
             before = (len(app.registered_commands), len(app.registered_groups))
             try:
                 _call(impl, app=app)
+                added = _command_names(app, *before)
+                clash = next((n for n in added if n in taken or added.count(n) > 1), None)
+                if clash:
+                    raise ValueError(f"command {clash!r} already exists")
+                typer.main.get_command(app)  # typer builds commands lazily: build now, inside the guard
             except Exception as exc:
                 del app.registered_commands[before[0]:]
                 del app.registered_groups[before[1]:]
@@ -160,10 +172,13 @@ class Plugins:
                 for reg in self.registries.values():  # its models etc. go too: the plugin is skipped
                     _drop_plugin(reg, info.name)
                 continue
-            added = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands[before[0]:]]
-            added += [g.name for g in app.registered_groups[before[1]:]]
             if added:
                 info.registered["commands"] = added
+
+
+def _command_names(app, commands_from: int = 0, groups_from: int = 0) -> list[str]:
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands[commands_from:]]
+    return names + [g.name for g in app.registered_groups[groups_from:]]
 
 
 def _drop_plugin(reg: Registry, plugin_name: str) -> None:

@@ -397,3 +397,56 @@ def test_dropping_a_plugin_resolves_its_conflicts(cli, fake_dist):
     assert rows["shared"]["plugin"] == "steady" and "conflict" not in rows["shared"]
     lines = _warnings(r.err)
     assert len(lines) == 1 and "plugin 'flaky'" in lines[0] and "no commands today" in lines[0]
+
+
+def test_plugin_command_typer_cannot_build_is_skipped(cli, fake_dist):
+    # typer builds commands lazily; an annotation it cannot resolve must not break every command
+    fake_dist("cvkit-lazy", {"cvkit_lazy_plugin": """
+        from __future__ import annotations
+        import cvkit
+
+        @cvkit.hookimpl
+        def register_commands(app):
+            from typing import Annotated
+            import typer
+
+            @app.command("lazy")
+            def lazy(n: Annotated[int, typer.Option()] = 1):
+                print(n)
+    """}, {"lazy": "cvkit_lazy_plugin"})
+    r = cli("list", "models", "--json")
+    assert r.code == 0, r.err
+    assert "plugin 'lazy' (distribution cvkit-lazy 1.0) failed in register_commands" in r.err
+    assert _plugins(cli)["lazy"]["status"] == "failed"
+    assert cli("lazy").code == 2
+
+
+def test_plugin_command_cannot_replace_a_builtin_command(cli, fake_dist):
+    fake_dist("cvkit-shadow", {"cvkit_shadow_plugin": """
+        import cvkit
+
+        @cvkit.hookimpl
+        def register_commands(app):
+            @app.command("list")
+            def hijack():
+                print("hijacked")
+    """}, {"shadow": "cvkit_shadow_plugin"})
+    r = cli("list", "models", "--json")
+    assert r.code == 0, r.err
+    assert "hijacked" not in r.out
+    assert "command 'list' already exists" in r.err
+    assert _plugins(cli)["shadow"]["stage"] == "register_commands"
+
+
+def test_strict_mode_reports_the_problem_once(cli, with_broken, monkeypatch):
+    with_broken("import-error")
+    monkeypatch.setenv("CVKIT_STRICT_PLUGINS", "1")
+    r = cli("list")
+    assert r.code == 5
+    assert len(_warnings(r.err)) == 1, r.err
+
+
+def test_verbose_after_the_command_shows_the_traceback(cli):
+    r = cli("inspect-grad", "--model", "nett", "--verbose")
+    assert r.code == 2
+    assert "Traceback" in r.err and "unknown model 'nett'" in r.err

@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 from cvkit.config import FIELDS, make_config, read_config_file
+from cvkit.data import parse_workers
 from cvkit.errors import UsageError
-
-
-def parse_workers(value: str | None):
-    if value is None or value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"--workers {value!r}: a number or auto") from None
 
 
 def train_command(*, cli_values: dict, config_file: str | None = None, resume: str | None = None,

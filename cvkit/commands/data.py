@@ -1,0 +1,67 @@
+"""`cvkit data`: make image folders to train on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cvkit.errors import DataError, UsageError
+
+DEMO_DATASET = "shapes"
+
+# name -> torchvision dataset class, for `cvkit data download`
+DOWNLOADS = {
+    "cifar10": "CIFAR10",
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+}
+
+
+def _count(root: Path) -> dict:
+    counts = {}
+    for split in ("train", "val"):
+        d = root / split
+        counts[split] = sum(1 for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")) if d.is_dir() else 0
+    return counts
+
+
+def make_demo_data(folder: str, *, seed: int = 0, plugins=None) -> dict:
+    """Draw the built-in demo tree through the ``shapes`` dataset plugin (offline, deterministic)."""
+    from cvkit.build import build_dataset
+
+    existed = (Path(folder) / "train").is_dir()
+    ds = build_dataset(DEMO_DATASET, folder, split="train", transform=None, options={"seed": seed},
+                       plugins=plugins)
+    root = Path(folder)
+    return {"root": str(root), "classes": list(ds.classes), "counts": _count(root), "seed": seed,
+            "created": not existed}
+
+
+def download_dataset(name: str, folder: str) -> dict:
+    """Write a torchvision dataset out as ``folder/train/<class>/*.png`` and ``folder/val/<class>/*.png``."""
+    key = name.lower().replace("_", "-")
+    if key not in DOWNLOADS:
+        raise UsageError(f"cvkit data download {name!r}: unknown dataset (one of: {', '.join(DOWNLOADS)})")
+    import torchvision.datasets as tvd
+
+    root = Path(folder)
+    if root.exists() and any(root.iterdir()):
+        raise UsageError(f"{root}: folder is not empty; choose a new folder")
+    cache = root / ".download"
+    cls = getattr(tvd, DOWNLOADS[key])
+    splits = {}
+    try:
+        for split, train in (("train", True), ("val", False)):
+            splits[split] = cls(str(cache), train=train, download=True)
+    except (OSError, RuntimeError) as exc:  # URLError, socket errors, "Dataset not found or corrupted"
+        raise DataError(f"cannot download {key} into {cache} ({type(exc).__name__}: {exc}); "
+                        f"this needs internet access") from None
+    classes = list(splits["train"].classes)
+    for split, ds in splits.items():
+        names = [c.split(" - ")[-1].replace("/", "-") for c in ds.classes]
+        for c in names:
+            os.makedirs(root / split / c, exist_ok=True)
+        for i in range(len(ds)):
+            img, label = ds[i]
+            img.save(root / split / names[label] / f"{i:05d}.png")
+    return {"root": str(root), "classes": classes, "counts": _count(root), "dataset": key}

@@ -1,0 +1,155 @@
+"""`cvkit eval`: a checkpoint's loss, accuracy, per-class scores and confusion matrix on a folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cvkit import ui
+from cvkit.errors import DataError
+
+MISCLASSIFIED_SHOWN = 32
+
+
+def eval_data(data: str | None, ckpt: dict, transform, plugins):
+    """The dataset to evaluate on: DATA's val/ split, DATA itself, or the run's own validation split."""
+    from cvkit.build import build_dataset
+    from cvkit.data import VAL_NAMES, load_splits
+
+    config = ckpt.get("config") or {}
+    dataset = config.get("dataset") or "imagefolder"
+    if data is None:
+        root = config.get("data")
+        if not root:
+            raise DataError("no DATA given and the checkpoint does not record its training data")
+        splits = load_splits(root, dataset=dataset, train_transform=transform, eval_transform=transform,
+                             val_split=config.get("val_split"), seed=config.get("seed", 0), plugins=plugins)
+        return splits.val, f"{root} (the run's validation split)"
+    if not os.path.isdir(data):
+        raise DataError(f"{data}: no such folder")
+    split = "val" if any(os.path.isdir(os.path.join(data, n)) for n in VAL_NAMES) else None
+    ds = build_dataset(dataset, data, split=split, transform=transform, plugins=plugins)
+    return ds, data if split is None else f"{data} (val)"
+
+
+def class_map(data_classes: list[str], ckpt_classes: list[str], where: str):
+    """Dataset label -> checkpoint label, matched by class name, never by folder order."""
+    import torch
+
+    unknown = [c for c in data_classes if c not in ckpt_classes]
+    if unknown:
+        raise DataError(f"{where}: class {unknown[0]!r} is not one the checkpoint knows "
+                        f"({', '.join(ckpt_classes)})" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    return torch.tensor([ckpt_classes.index(c) for c in data_classes])
+
+
+def per_class_scores(matrix: list[list[int]], classes: list[str]) -> list[dict]:
+    rows = []
+    for i, name in enumerate(classes):
+        tp = matrix[i][i]
+        support = sum(matrix[i])
+        predicted = sum(r[i] for r in matrix)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
+    return rows
+
+
+def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = None, batch_size: int = 64,
+                        device: str = "auto", precision: str = "auto", workers: str | int = "auto",
+                        out: str | None = None, show_progress: bool = True, plugins=None) -> dict:
+    from cvkit.build import build_loss
+    from cvkit.checkpoint import latest_checkpoint, restore_model
+    from cvkit.data import make_loader, parse_workers, resolve_workers
+    from cvkit.device import resolve_device, resolve_precision
+    from cvkit.plugins import get_plugins
+    from cvkit.train import confusion_matrix, run_phase
+
+    plugins = plugins or get_plugins()
+    path = Path(checkpoint) if checkpoint else latest_checkpoint()
+    if path.is_dir():
+        path = path / "best.pt"
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model, ckpt, spec, transform = restore_model(path, device=dev, plugins=plugins)
+    classes = list(ckpt["classes"])
+    dataset, source = eval_data(data, ckpt, transform, plugins)
+    if len(dataset) == 0:
+        raise DataError(f"{source}: no images to evaluate")
+    label_map = class_map(list(dataset.classes), classes, source)
+    options = (ckpt.get("config") or {}).get("options") or {}
+    loss_fn = build_loss((ckpt.get("config") or {}).get("loss") or "cross-entropy",
+                         options=options.get("loss"), plugins=plugins)
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False,
+                         workers=resolve_workers(parse_workers(workers), len(dataset)), device=dev)
+    topk = 5 if len(classes) > 5 else 1
+    with ui.make_progress(enabled=show_progress) as progress:
+        result = run_phase(model, loader, loss_fn, device=dev, precision=prec, progress=progress,
+                           description="eval", label_map=label_map, collect=True, topk=topk)
+    matrix = confusion_matrix(result["targets"], result["predictions"], len(classes))
+    report = {
+        "checkpoint": str(path),
+        "model": spec.name,
+        "data": source,
+        "images": result["images"],
+        "loss": result["loss"],
+        "accuracy": result["accuracy"],
+        "top5_accuracy": result.get("top5_accuracy"),
+        "classes": classes,
+        "per_class": per_class_scores(matrix, classes),
+        "confusion_matrix": matrix,
+        "device": str(dev),
+        "precision": prec,
+        "images_per_second": round(result["images_per_second"], 2),
+    }
+    if out:
+        report["files"] = _write_eval_pictures(Path(out), report, dataset, result, spec)
+    return report
+
+
+def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -> dict:
+    from cvkit import reports
+
+    files = {"confusion_matrix": str(reports.plot_confusion_matrix(
+        report["confusion_matrix"], report["classes"], out / "confusion_matrix.png",
+        title=f"Confusion matrix: {report['model']} on {report['data']}"))}
+    wrong = [i for i, (t, p) in enumerate(zip(result["targets"], result["predictions"])) if t != p]
+    if wrong:
+        images, labels = [], []
+        for i in wrong[:MISCLASSIFIED_SHOWN]:
+            x, _ = dataset[i]
+            images.append(reports.denormalize(x, spec.mean, spec.std))
+            labels.append(f"{report['classes'][result['predictions'][i]]}\n(true: {report['classes'][result['targets'][i]]})")
+        files["misclassified"] = str(reports.image_grid(
+            images, labels, out / "misclassified.png", colors=["red"] * len(images),
+            title=f"{len(wrong)} misclassified" + (f" (first {MISCLASSIFIED_SHOWN})" if len(wrong) > MISCLASSIFIED_SHOWN else "")))
+    return files
+
+
+def render_eval(report: dict) -> None:
+    from rich.table import Table
+
+    out = ui.out
+    top5 = f", top-5 {report['top5_accuracy']:.3f}" if report.get("top5_accuracy") is not None else ""
+    out.print(f"[bold]{report['model']}[/] from {report['checkpoint']} on {report['data']}: "
+              f"{report['images']} images")
+    out.print(f"accuracy [bold]{report['accuracy']:.3f}[/]{top5}, loss {report['loss']:.4f}")
+    table = Table(title="per class", title_justify="left")
+    table.add_column("class")
+    for col in ("precision", "recall", "f1", "support"):
+        table.add_column(col, justify="right")
+    for r in report["per_class"]:
+        table.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    out.print(table)
+    classes = report["classes"]
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("true \\ pred", style="bold")
+    for c in classes:
+        cm.add_column(c, justify="right")
+    for i, row in enumerate(report["confusion_matrix"]):
+        cm.add_row(classes[i], *[f"[green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "0")
+                                 for j, v in enumerate(row)])
+    out.print(cm)
+    for name, path in (report.get("files") or {}).items():
+        out.print(f"{name.replace('_', ' ')}: {path}")

@@ -1,0 +1,121 @@
+"""`cvkit predict`: top-k classes for images, files, folders or globs, in batches."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+from pathlib import Path
+
+from cvkit import ui
+from cvkit.errors import DataError, UsageError
+from cvkit.images import IMAGE_EXTENSIONS, find_images, load_image
+
+GRID_MAX = 64
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files as given, folders searched for images, globs expanded; duplicates dropped, order kept."""
+    paths: list[Path] = []
+    for item in items:
+        if any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            files = [Path(m) for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
+            if not files:
+                raise DataError(f"{item}: no images match this pattern")
+            paths += files
+        elif os.path.isdir(item):
+            found = find_images(item)
+            if not found:
+                raise DataError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif os.path.exists(item):
+            paths.append(Path(item))
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    seen, unique = set(), []
+    for p in paths:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: int = 3, batch_size: int = 32,
+                   device: str = "auto", precision: str = "auto", grid: str | None = None,
+                   plugins=None) -> dict:
+    import torch
+
+    from cvkit.checkpoint import latest_checkpoint, restore_model
+    from cvkit.device import resolve_device, resolve_precision
+    from cvkit.train import autocast
+
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: must be at least 1")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    paths = expand_inputs(images)
+    path = Path(checkpoint) if checkpoint else latest_checkpoint()
+    if path.is_dir():
+        path = path / "best.pt"
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model, ckpt, spec, transform = restore_model(path, device=dev, plugins=plugins)
+    classes = list(ckpt["classes"])
+    k = min(top_k, len(classes))
+    results, shown = [], []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        tensors = [transform(load_image(p)) for p in chunk]
+        batch = torch.stack(tensors).to(dev)  # one image alone is still a batch: N=1
+        with torch.inference_mode(), autocast(dev, prec):
+            logits = model(batch)
+        probs = logits.float().softmax(dim=1).cpu()
+        top = probs.topk(k, dim=1)
+        for p, x, values, indices in zip(chunk, tensors, top.values, top.indices):
+            preds = [{"label": classes[i], "probability": round(float(v), 6)}
+                     for v, i in zip(values.tolist(), indices.tolist())]
+            results.append({"path": str(p), "predictions": preds})
+            if grid and len(shown) < GRID_MAX:
+                shown.append(x)
+    report = {"checkpoint": str(path), "model": spec.name, "device": str(dev), "precision": prec,
+              "results": results}
+    if grid:
+        from cvkit import reports
+
+        images = [reports.denormalize(x, spec.mean, spec.std) for x in shown]
+        labels = [f"{r['predictions'][0]['label']} {r['predictions'][0]['probability']:.2f}\n"
+                  f"{Path(r['path']).name[:24]}" for r in results[:len(shown)]]
+        report["grid"] = str(reports.image_grid(images, labels, Path(grid),
+                                                title=f"{spec.name} predictions ({path})"))
+    return report
+
+
+def predictions_csv(report: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "rank", "label", "probability"])
+    for r in report["results"]:
+        for rank, p in enumerate(r["predictions"], 1):
+            writer.writerow([r["path"], rank, p["label"], p["probability"]])
+    return buf.getvalue()
+
+
+def render_predictions(report: dict) -> None:
+    from rich.table import Table
+
+    for r in report["results"]:
+        table = Table(title=r["path"], title_justify="left", show_edge=False)
+        table.add_column("#", justify="right")
+        table.add_column("label")
+        table.add_column("probability", justify="right")
+        table.add_column("")
+        for rank, p in enumerate(r["predictions"], 1):
+            bar = "█" * round(p["probability"] * 20)
+            table.add_row(str(rank), p["label"], f"{p['probability']:.3f}", f"[cyan]{bar}[/]",
+                          style="bold" if rank == 1 else None)
+        ui.out.print(table)
+    ui.out.print(f"{len(report['results'])} images, model {report['model']} from {report['checkpoint']}")
+    if report.get("grid"):
+        ui.out.print(f"grid: {report['grid']}")
