@@ -1,0 +1,224 @@
+"""PNG reports: training curves, confusion matrix, labelled image grids.
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so nothing opens a window,
+picks a GUI backend or leaves a figure behind in pyplot's global list (the Agg canvas renders PNGs
+on any machine, headless included). matplotlib and torch are imported inside the functions: the
+command line imports this module at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+DPI = 120
+TRAIN_COLOUR = "#1f77b4"
+VAL_COLOUR = "#d62728"
+BEST_COLOUR = "#2ca02c"
+
+
+def plot_curves(history, path, *, title: str = "Training curves") -> Path:
+    """Loss and accuracy per epoch, train and val side by side, the best val-accuracy epoch marked.
+
+    ``history`` is a list of dicts with ``epoch``, ``train_loss``, ``train_accuracy`` and, when the
+    epoch was validated, ``val_loss`` and ``val_accuracy`` (accuracies from 0 to 1).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    rows = sorted(history, key=lambda row: row["epoch"])
+    if not rows:
+        raise ValueError("plot_curves: history is empty")
+    epochs = [row["epoch"] for row in rows]
+
+    fig = Figure(figsize=(11, 4.2), dpi=DPI, layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    best = _best_epoch(rows)
+    for ax, key, label in ((loss_ax, "loss", "Loss"), (acc_ax, "accuracy", "Accuracy")):
+        for split, colour, marker in (("train", TRAIN_COLOUR, "o"), ("val", VAL_COLOUR, "s")):
+            points = [(row["epoch"], row[f"{split}_{key}"]) for row in rows
+                      if _is_number(row.get(f"{split}_{key}"))]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, color=colour, marker=marker, markersize=5, linewidth=1.8, label=split)
+        if best is not None:
+            ax.axvline(best["epoch"], color=BEST_COLOUR, linestyle="--", linewidth=1.2, zorder=1)
+        ax.set_title(label, fontsize=12)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label.lower())
+        if len(set(epochs)) <= 20:
+            ax.set_xticks(sorted(set(epochs)))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.grid(True, alpha=0.3)
+    if best is not None:
+        acc_ax.plot([best["epoch"]], [best["val_accuracy"]], marker="*", markersize=15, color=BEST_COLOUR,
+                    markeredgecolor="white", linestyle="none", zorder=5,
+                    label=f"best val accuracy: {best['val_accuracy']:.1%} (epoch {best['epoch']})")
+    # accuracy on a fixed 0-100% scale: runs compare at a glance and one epoch is not a zoomed-in dot
+    acc_ax.set_ylim(0.0, 1.04)
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    losses = [row[k] for row in rows for k in ("train_loss", "val_loss") if _is_number(row.get(k))]
+    loss_ax.set_ylim(0.0, max(losses, default=1.0) * 1.12 or 1.0)
+    # one legend under both panels: inside either it would cover points somewhere
+    handles, labels = acc_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=10, frameon=False)
+    fig.suptitle(title, fontsize=14, fontweight="bold")
+    return _save(fig, path)
+
+
+def _best_epoch(rows) -> dict | None:
+    validated = [row for row in rows if _is_number(row.get("val_accuracy"))]
+    # the first epoch that reached the best accuracy: later ties add nothing
+    return max(validated, key=lambda row: (row["val_accuracy"], -row["epoch"])) if validated else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plot_confusion_matrix(matrix, classes, path, *, title: str = "Confusion matrix") -> Path:
+    """Counts per (true, predicted) pair, coloured by the share of each true class.
+
+    Rows are true classes and columns predictions, so the diagonal is what was right and each row's
+    colours show where that class went. Fonts shrink with the number of classes; past 30 classes
+    the counts are left out and only the colours remain.
+    """
+    from matplotlib.figure import Figure
+
+    counts = [[int(v) for v in row] for row in matrix]
+    n = len(classes)
+    if n == 0 or len(counts) != n or any(len(row) != n for row in counts):
+        raise ValueError(f"plot_confusion_matrix: need a {n}x{n} matrix for {n} classes")
+    shares = [[v / sum(row) if sum(row) else 0.0 for v in row] for row in counts]
+    total = sum(map(sum, counts))
+    right = sum(counts[i][i] for i in range(n))
+
+    cell = 0.55 if n <= 12 else 0.42  # inches
+    label_room = 0.09 * max(len(str(c)) for c in classes) + 1.2
+    side = max(3.0, n * cell)
+    fig = Figure(figsize=(side + label_room + 1.6, side + label_room + 0.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.02)
+    colorbar.set_label("share of the true class")
+
+    tick_size = 10 if n <= 12 else 9 if n <= 20 else 8
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=45 if n > 4 else 0,
+                  ha="right" if n > 4 else "center", rotation_mode="anchor", fontsize=tick_size)
+    ax.set_yticks(range(n), [str(c) for c in classes], fontsize=tick_size)
+    ax.set_xlabel("predicted", fontsize=11)
+    ax.set_ylabel("true", fontsize=11)
+    ax.tick_params(which="both", length=0)
+    ax.set_xticks([i - 0.5 for i in range(1, n)], minor=True)
+    ax.set_yticks([i - 0.5 for i in range(1, n)], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+    if n <= 30:
+        count_size = 11 if n <= 8 else 9 if n <= 12 else 7.5 if n <= 20 else 6.5
+        for i, row in enumerate(counts):
+            for j, value in enumerate(row):
+                if value == 0 and n > 8:
+                    continue  # many classes: empty cells stay blank so the errors stand out
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=count_size,
+                        color="white" if shares[i][j] > 0.55 else "#222222")
+
+    accuracy = f"accuracy {right / total:.1%} of {total}" if total else "no samples"
+    ax.set_title(f"{title}\n{accuracy}", fontsize=12)
+    return _save(fig, path)
+
+
+def image_grid(images, labels, path, *, colors=None, ncols: int | None = None, title: str | None = None) -> Path:
+    """Pictures in a grid with a caption under each: the chapter's ``imshow(make_grid(...))`` and
+    ``visualize_model``.
+
+    ``images`` are PIL images, CHW tensors in [0, 1] (1 or 3 channels), HxW tensors or numpy
+    arrays; ``labels`` one string per picture (may span lines); ``colors`` an optional colour per
+    picture for its caption and frame, e.g. green for right and red for wrong.
+    """
+    from matplotlib.figure import Figure
+
+    images = list(images)
+    labels = [str(label) for label in labels]
+    if not images:
+        raise ValueError("image_grid: no images")
+    if len(labels) != len(images):
+        raise ValueError(f"image_grid: {len(images)} images but {len(labels)} labels")
+    colors = list(colors) if colors is not None else [None] * len(images)
+    if len(colors) != len(images):
+        raise ValueError(f"image_grid: {len(images)} images but {len(colors)} colors")
+
+    count = len(images)
+    ncols = max(1, min(ncols or min(8, math.ceil(math.sqrt(count))), count))
+    nrows = math.ceil(count / ncols)
+    lines = max(label.count("\n") + 1 for label in labels)
+    font = 9 if ncols <= 6 else 8
+    tile = 1.9 if ncols <= 6 else 1.6  # inches
+    caption = lines * font * 1.45 / 72 + 0.1  # inches of text under each tile
+    height = nrows * (tile + caption) + (0.45 if title else 0.1)
+    fig = Figure(figsize=(ncols * tile + 0.2, height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        if index >= count:
+            ax.set_axis_off()
+            continue
+        pixels = _as_pixels(images[index])
+        if pixels.ndim == 2:
+            ax.imshow(pixels, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(pixels, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        colour = colors[index]
+        ax.set_xlabel(labels[index], fontsize=font, color=colour or "black", linespacing=1.2)
+        for spine in ax.spines.values():
+            spine.set_color(colour or "#bbbbbb")
+            spine.set_linewidth(2.5 if colour else 0.8)
+    if title:
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+    return _save(fig, path)
+
+
+def _as_pixels(image):
+    """HxW or HxWx3 float array in [0, 1] from a PIL image, tensor or array."""
+    import numpy as np
+
+    if hasattr(image, "detach"):  # torch tensor: CHW or HW
+        array = image.detach().to("cpu").float().numpy()
+        if array.ndim == 3:
+            array = array.transpose(1, 2, 0)
+    elif hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
+        array = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"), dtype=np.float32) / 255.0
+    else:
+        array = np.asarray(image, dtype=np.float32)
+        if array.max(initial=0.0) > 1.0:  # 0-255 pixel values
+            array = array / 255.0
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"image_grid: cannot show an image of shape {tuple(array.shape)} "
+                         "(expected CHW with 1 or 3 channels, HxW, or a PIL image)")
+    return np.clip(array, 0.0, 1.0)
+
+
+def denormalize(tensor, mean, std):
+    """Undo ``Normalize(mean, std)`` on a CHW (or NCHW) tensor: pixels in [0, 1], as the model saw them."""
+    import torch
+
+    values = torch.as_tensor(tensor).detach().float()
+    mean = torch.as_tensor(mean, dtype=values.dtype, device=values.device).reshape(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=values.dtype, device=values.device).reshape(-1, 1, 1)
+    return (values * std + mean).clamp(0.0, 1.0)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, format="png", dpi=DPI, facecolor="white")
+    finally:
+        fig.clear()  # a Figure outside pyplot is freed with its last reference; drop the artists now
+    return path
