@@ -13,9 +13,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $@
 
+# The main job, offline: draw the built-in shapes data, train the chapter's Net on it, evaluate the
+# best checkpoint (with pictures) and predict a folder of images with it.
+DEMO_DATA ?= data/shapes
 demo: install
 	$(BIN)/cvkit device
-	$(BIN)/cvkit inspect-grad --model net --step
+	$(BIN)/cvkit data demo $(DEMO_DATA)
+	$(BIN)/cvkit train $(DEMO_DATA) --model net --epochs 6 --lr 0.01 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/cvkit eval --out runs/demo-eval
+	$(BIN)/cvkit predict '$(DEMO_DATA)/val/*/*_000[01].png' --top-k 2 --grid runs/demo-predictions.png
 
 test: install
 	$(BIN)/python -m pytest

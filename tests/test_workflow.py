@@ -251,3 +251,53 @@ def test_data_demo_command(cli, tmp_path):
     assert out["classes"] == CLASSES and out["counts"]["train"] > 0 and out["counts"]["val"] > 0
     again = _json(cli("data", "demo", str(tmp_path / "demo"), "--json"))
     assert again["counts"] == out["counts"] and again["created"] is False
+
+
+def test_checkpoint_saved_on_cuda_predicts_on_cpu(cli, trained, shapes, tmp_path, monkeypatch):
+    # torch.save tags each storage with its device; tag them as a GPU machine would
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    cuda_file = tmp_path / "cuda.pt"
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(ckpt, cuda_file)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda_file, weights_only=True)  # what a plain load does on a CPU-only machine
+    image = str(shapes / "val" / "circle" / "circle_0000.png")
+    here = _json(cli("predict", image, "--checkpoint", str(trained / "best.pt"), "--json", "--device", "cpu"))
+    there = _json(cli("predict", image, "--checkpoint", str(cuda_file), "--json", "--device", "cpu"))
+    assert there[0]["predictions"] == here[0]["predictions"]
+
+
+@pytest.mark.parametrize("case", ["file", "no-classes", "no-images"])
+def test_data_without_images_is_a_data_error(cli, tmp_path, case):
+    data = tmp_path / "d"
+    if case == "file":
+        data.write_text("not a folder")
+    elif case == "no-classes":
+        (data / "train").mkdir(parents=True)
+        (data / "val").mkdir()
+    else:
+        for split in ("train", "val"):
+            (data / split / "cat").mkdir(parents=True)
+            (data / split / "cat" / "notes.txt").write_text("no images here")
+    r = cli("train", str(data), "--epochs", "1")
+    assert r.code == 3, r.err
+    assert str(data) in r.err and "Traceback" not in r.err
+
+
+def test_download_offline_is_one_clear_line(cli, tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tvu
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tvu, "download_url", offline)
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    r = cli("data", "download", "mnist", str(tmp_path / "mnist"))
+    assert r.code == 3
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot download mnist" in lines[0] and "internet" in lines[0]
+    assert not (tmp_path / "mnist").exists()  # nothing left behind

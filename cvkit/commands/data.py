@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from cvkit.errors import DataError, UsageError
@@ -50,11 +53,16 @@ def download_dataset(name: str, folder: str) -> dict:
     cache = root / ".download"
     cls = getattr(tvd, DOWNLOADS[key])
     splits = {}
+    created = not root.exists()
     try:
-        for split, train in (("train", True), ("val", False)):
-            splits[split] = cls(str(cache), train=train, download=True)
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision prints its progress on stdout
+            for split, train in (("train", True), ("val", False)):
+                splits[split] = cls(str(cache), train=train, download=True)
     except (OSError, RuntimeError) as exc:  # URLError, socket errors, "Dataset not found or corrupted"
-        raise DataError(f"cannot download {key} into {cache} ({type(exc).__name__}: {exc}); "
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        reason = " ".join(str(exc).split())
+        raise DataError(f"cannot download {key} ({type(exc).__name__}: {reason}); "
                         f"this needs internet access") from None
     classes = list(splits["train"].classes)
     for split, ds in splits.items():
