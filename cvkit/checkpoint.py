@@ -30,6 +30,7 @@ def save_checkpoint(payload: dict, path) -> Path:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -52,6 +53,12 @@ def save_checkpoint(payload: dict, path) -> Path:
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_file(path, *, option: str = "checkpoint") -> object:

@@ -158,8 +158,13 @@ def image_grid(images, labels, path, *, colors=None, ncols: int | None = None, t
     font = 9 if ncols <= 6 else 8
     tile = 1.9 if ncols <= 6 else 1.6  # inches
     caption = lines * font * 1.45 / 72 + 0.1  # inches of text under each tile
-    height = nrows * (tile + caption) + (0.45 if title else 0.1)
-    fig = Figure(figsize=(ncols * tile + 0.2, height), dpi=DPI, layout="constrained")
+    width = ncols * tile + 0.2
+    if title:  # wrap a long title to the grid's width (about 0.11 inch a character at 13 pt bold)
+        import textwrap
+
+        title = "\n".join(textwrap.wrap(title, max(12, int(width / 0.11))))
+    height = nrows * (tile + caption) + (0.1 + 0.3 * (title.count("\n") + 1) if title else 0.1)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for index, ax in enumerate(axes.flat):
         if index >= count:

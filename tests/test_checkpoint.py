@@ -191,3 +191,17 @@ def test_load_weights_into_names_missing_and_unexpected_keys(tmp_path):
 def test_format_constants():
     assert checkpoint.FORMAT == "cvkit-checkpoint" and checkpoint.FORMAT_VERSION >= 1
     assert checkpoint.is_checkpoint({"format": FORMAT}) and not checkpoint.is_checkpoint({"w": 1})
+
+
+def test_saved_checkpoint_gets_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from cvkit.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint({"x": 1}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
