@@ -301,3 +301,29 @@ def test_download_offline_is_one_clear_line(cli, tmp_path, monkeypatch):
     lines = [line for line in r.err.splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot download mnist" in lines[0] and "internet" in lines[0]
     assert not (tmp_path / "mnist").exists()  # nothing left behind
+
+
+def test_out_that_holds_a_run_is_never_written_over(cli, trained, shapes):
+    before = (trained / "best.pt").read_bytes()
+    r = cli("train", str(shapes), *FAST, "--out", str(trained))
+    assert r.code == 2 and "--resume" in r.err
+    assert (trained / "best.pt").read_bytes() == before
+
+
+def test_eval_reports_top5_with_more_than_five_classes(cli, shapes, tmp_path):
+    data = tmp_path / "six"
+    for split in ("train", "val"):
+        for i, c in enumerate(CLASSES + CLASSES[:2]):
+            shutil.copytree(shapes / split / c, data / split / f"class{i}")
+    _json(cli("train", str(data), "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "r"), "--json"))
+    report = _json(cli("eval", "--checkpoint", str(tmp_path / "r"), "--json"))
+    assert len(report["classes"]) == 6
+    assert report["top5_accuracy"] is not None and report["top5_accuracy"] >= report["accuracy"]
+    human = cli("eval", "--checkpoint", str(tmp_path / "r"))
+    assert "top-5" in human.out
+
+
+def test_predict_without_any_checkpoint_says_how_to_train(cli, shapes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli("predict", str(shapes / "val" / "star" / "star_0000.png"))
+    assert r.code == 4 and "cvkit train" in r.err
