@@ -205,17 +205,19 @@ def load_checkpoint(path, *, option: str = "--checkpoint") -> dict:
     return obj
 
 
-def restore_model(path, *, device=None, option: str = "--checkpoint", plugins=None):
+def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugins=None):
     """Rebuild the model a cvkit checkpoint describes, with its weights and its eval transform.
 
-    Returns ``(model, checkpoint, spec, transform)``; the model is in eval mode on ``device``. The
-    input size and normalisation come from the checkpoint itself, not today's registration.
+    ``path`` is as for :func:`find_checkpoint`. Returns ``(model, checkpoint, spec, transform,
+    path)``; the model is in eval mode on ``device``. The input size and normalisation come from
+    the checkpoint itself, not today's registration.
     """
     from cvkit.build import ModelSpec, build_model, build_transform
     from cvkit.errors import PluginError, UsageError
     from cvkit.plugins import get_plugins
 
     plugins = plugins or get_plugins()
+    path = find_checkpoint(path, option=option)
     ckpt = load_checkpoint(path, option=option)
     info = ckpt["model"]
     if info["name"] not in plugins["models"]:
@@ -241,7 +243,19 @@ def restore_model(path, *, device=None, option: str = "--checkpoint", plugins=No
     if device is not None:
         model.to(device)
     model.eval()
-    return model, ckpt, spec, transform
+    return model, ckpt, spec, transform, path
+
+
+def find_checkpoint(value=None, *, option: str = "--checkpoint", name: str = "best.pt") -> Path:
+    """A checkpoint file, the ``name`` file of a run directory, or with None the newest run's."""
+    if value is None:
+        return latest_checkpoint(name=name)
+    path = Path(value)
+    if path.is_dir():
+        path = path / name
+    if not path.exists():
+        raise CheckpointError(f"{option} {value}: no such checkpoint ({path})")
+    return path
 
 
 def latest_checkpoint(runs_dir="runs", name: str = "best.pt") -> Path:

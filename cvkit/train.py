@@ -20,7 +20,7 @@ from pathlib import Path
 from cvkit import ui
 from cvkit.build import (ModelSpec, build_loss, build_model, build_optimizer, build_scheduler,
                          build_transform, model_spec)
-from cvkit.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from cvkit.checkpoint import find_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from cvkit.config import TrainConfig, write_config
 from cvkit.data import load_splits, make_loader, resolve_workers
 from cvkit.device import resolve_device, resolve_precision
@@ -161,16 +161,6 @@ def new_run_dir(model: str, root: str = RUNS_DIR) -> Path:
     return path
 
 
-def resolve_checkpoint_path(value: str, *, option: str, name: str = "last.pt") -> Path:
-    """A run directory (its ``name``) or a checkpoint file."""
-    path = Path(value)
-    if path.is_dir():
-        path = path / name
-    if not path.exists():
-        raise CheckpointError(f"{option} {value}: no such checkpoint ({path})")
-    return path
-
-
 def _clean_stale_temp_files(run_dir: Path) -> None:
     for tmp in run_dir.glob(".*.tmp"):
         with contextlib.suppress(OSError):
@@ -210,7 +200,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
 
     checkpoint = None
     if resume:
-        ckpt_path = resolve_checkpoint_path(resume, option="--resume")
+        ckpt_path = find_checkpoint(resume, option="--resume", name="last.pt")
         checkpoint = load_checkpoint(ckpt_path, option="--resume")
         saved = checkpoint.get("config") or {}
         if config.model != saved.get("model", config.model):
@@ -262,7 +252,6 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     history: list[dict] = []
     best = {"epoch": 0, "val_accuracy": -1.0}
     start_epoch = 1
-    best_state = None
     best_confusion = None
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer_state"])
@@ -275,9 +264,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         start_epoch = int(checkpoint["epoch"]) + 1
         best_file = run_dir / "best.pt"
         if best_file.exists():
-            best_ckpt = load_checkpoint(best_file)
-            best_state = best_ckpt["model_state"]
-            best_confusion = (best_ckpt.get("metrics") or {}).get("confusion_matrix")
+            best_confusion = (load_checkpoint(best_file).get("metrics") or {}).get("confusion_matrix")
         _set_rng_state(checkpoint.get("rng"), train_loader)
     else:
         run_dir = Path(config.out) if config.out else new_run_dir(config.model)
@@ -332,19 +319,17 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                    "seconds": round(time.perf_counter() - t0, 3), "best": improved}
             history.append(row)
             confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
-            common = dict(model=model, spec=spec, classes=classes, transform_name=transform_name,
-                          transform=eval_tf, config=config_record, run=run_record, epoch=epoch, history=history,
-                          optimizer=optimizer, scheduler=scheduler, scaler=scaler)
             if improved:
                 best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best_confusion = confusion
-                save_checkpoint(make_checkpoint(**common, best=best, rng=_rng_state(train_loader),
-                                                metrics={**row, "confusion_matrix": confusion}),
-                                run_dir / "best.pt")
-            save_checkpoint(make_checkpoint(**common, best=best, rng=_rng_state(train_loader),
-                                            metrics={**row, "confusion_matrix": confusion}),
-                            run_dir / "last.pt")
+            payload = make_checkpoint(
+                model=model, spec=spec, classes=classes, transform_name=transform_name, transform=eval_tf,
+                config=config_record, run=run_record, epoch=epoch, history=history, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, best=best, rng=_rng_state(train_loader),
+                metrics={**row, "confusion_matrix": confusion})
+            if improved:  # best.pt: the weights of the best validation accuracy so far
+                save_checkpoint(payload, run_dir / "best.pt")
+            save_checkpoint(payload, run_dir / "last.pt")
             write_metrics(history, run_dir / "metrics.csv")
             if show_progress:
                 table = _epoch_table(first=epoch == start_epoch)
@@ -359,8 +344,6 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                         console.print(f"early stop: no better val accuracy for {config.patience} epochs")
                     break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)  # the final model is the best one
     _write_reports(run_dir, history, best_confusion, classes)
     seconds = time.perf_counter() - started
     summary = {

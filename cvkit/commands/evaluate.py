@@ -60,19 +60,16 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
                         device: str = "auto", precision: str = "auto", workers: str | int = "auto",
                         out: str | None = None, show_progress: bool = True, plugins=None) -> dict:
     from cvkit.build import build_loss
-    from cvkit.checkpoint import latest_checkpoint, restore_model
+    from cvkit.checkpoint import restore_model
     from cvkit.data import make_loader, parse_workers, resolve_workers
     from cvkit.device import resolve_device, resolve_precision
     from cvkit.plugins import get_plugins
     from cvkit.train import confusion_matrix, run_phase
 
     plugins = plugins or get_plugins()
-    path = Path(checkpoint) if checkpoint else latest_checkpoint()
-    if path.is_dir():
-        path = path / "best.pt"
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    model, ckpt, spec, transform = restore_model(path, device=dev, plugins=plugins)
+    model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
     classes = list(ckpt["classes"])
     dataset, source = eval_data(data, ckpt, transform, plugins)
     if len(dataset) == 0:

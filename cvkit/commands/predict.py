@@ -47,7 +47,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
                    plugins=None) -> dict:
     import torch
 
-    from cvkit.checkpoint import latest_checkpoint, restore_model
+    from cvkit.checkpoint import restore_model
     from cvkit.device import resolve_device, resolve_precision
     from cvkit.train import autocast
 
@@ -56,12 +56,9 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     paths = expand_inputs(images)
-    path = Path(checkpoint) if checkpoint else latest_checkpoint()
-    if path.is_dir():
-        path = path / "best.pt"
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    model, ckpt, spec, transform = restore_model(path, device=dev, plugins=plugins)
+    model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
     classes = list(ckpt["classes"])
     k = min(top_k, len(classes))
     results, shown = [], []

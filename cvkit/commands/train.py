@@ -10,16 +10,16 @@ from cvkit.errors import UsageError
 def train_command(*, cli_values: dict, config_file: str | None = None, resume: str | None = None,
                   json: bool = False, plugins=None) -> dict:
     """Merge the options and train. With ``resume``, the checkpoint's own options are the base."""
-    from cvkit.train import fit, resolve_checkpoint_path
+    from cvkit.train import fit
 
     cli_values = dict(cli_values)
     if "workers" in cli_values:
         cli_values["workers"] = parse_workers(cli_values["workers"])
     base = read_config_file(config_file) if config_file else {}
     if resume:
-        from cvkit.checkpoint import load_checkpoint
+        from cvkit.checkpoint import find_checkpoint, load_checkpoint
 
-        saved = load_checkpoint(resolve_checkpoint_path(resume, option="--resume"), option="--resume")
+        saved = load_checkpoint(find_checkpoint(resume, option="--resume", name="last.pt"), option="--resume")
         saved_config = {k: v for k, v in (saved.get("config") or {}).items() if k in FIELDS and k != "out"}
         given_model = cli_values.get("model") or base.get("model")
         if given_model and given_model != saved_config.get("model"):
