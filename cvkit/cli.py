@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from cvkit import __version__, ui
-from cvkit.errors import CvkitError
+from cvkit.errors import CvkitError, message_of
 from cvkit.plugins import check_strict, get_plugins, strict
 
 REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets"]
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     except CvkitError as exc:
         if verbose:
             traceback.print_exc()
-        ui.error(str(exc))
+        ui.error(message_of(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         ui.error("interrupted")

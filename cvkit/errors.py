@@ -39,3 +39,17 @@ class NumericalError(CvkitError):
     """A loss or weight that is not finite."""
 
     exit_code = 6
+
+
+def message_of(exc: CvkitError) -> str:
+    """The one-line message of a cvkit error.
+
+    torch's DataLoader re-raises an exception from a worker process as the same class with the
+    worker's whole traceback as its message; the user's message is its last line.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        _, sep, rest = last.partition(": ")
+        return rest if sep else last
+    return text
