@@ -126,6 +126,9 @@ def make_app(plugins=None) -> typer.Typer:
         workers: Annotated[Optional[str], typer.Option(help="DataLoader worker processes, or auto [default: auto].")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].")] = None,
         patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better val accuracy.")] = None,
+        on_bad_image: Annotated[Optional[str], typer.Option(
+            help="error: stop at an unreadable image, naming it; skip: check every image first, leave out "
+                 "and list the unreadable ones [default: error].")] = None,
         out: Annotated[Optional[str], typer.Option(help="Run directory [default: a new one under ./runs/].")] = None,
         resume: Annotated[Optional[str], typer.Option(help="Continue a run: its directory or a checkpoint.")] = None,
         config: Annotated[Optional[str], typer.Option(help="YAML file of options (the command line wins).")] = None,
@@ -139,7 +142,7 @@ def make_app(plugins=None) -> typer.Typer:
         values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                       loss=loss, scheduler=scheduler, transforms=transforms, weights=weights, dataset=dataset,
                       val_split=val_split, device=device, precision=precision, workers=workers, seed=seed,
-                      patience=patience, out=out, options=parse_opts(opt) or None)
+                      patience=patience, on_bad_image=on_bad_image, out=out, options=parse_opts(opt) or None)
         summary = train_command(cli_values={k: v for k, v in values.items() if v is not None},
                                 config_file=config, resume=resume, json=json)
         if json:
@@ -225,6 +228,22 @@ def make_app(plugins=None) -> typer.Typer:
         ui.print_json(result) if json else ui.out.print(
             f"{result['root']}: {result['counts']['train']} train / {result['counts']['val']} val images "
             f"of {', '.join(result['classes'])}" + ("" if result.get("created") else " (already there)"))
+
+    @data_app.command("check")
+    def data_check_cmd(
+        data: Annotated[str, typer.Argument(help="Image folder, as for train.")],
+        quick: Annotated[bool, typer.Option("--quick", help="Only the structure: skip decoding and hashing every image.")] = False,
+        json: JsonOpt = False,
+    ):
+        """Check an image folder before training: class counts per split, imbalance, empty or missing
+        classes, unreadable images, val images duplicated in train. Changes nothing; exit 3 on errors."""
+        from cvkit.commands.data import render_check
+        from cvkit.data import check_data
+
+        report = check_data(data, deep=not quick)
+        ui.print_json(report) if json else render_check(report)
+        if report["errors"] or report.get("unreadable"):
+            raise typer.Exit(3)
 
     @data_app.command("download")
     def data_download_cmd(

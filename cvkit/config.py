@@ -34,6 +34,7 @@ class TrainConfig:
     workers: int | str = "auto"
     seed: int = 0
     patience: int | None = None
+    on_bad_image: str = "error"  # or "skip": drop unreadable images up front and list them
     out: str | None = None
     options: dict = field(default_factory=dict)  # {"optimizer": {"momentum": 0.5}, ...}
 
@@ -47,7 +48,8 @@ _TYPES = {
     "data": (str,), "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int),
     "optimizer": (str,), "loss": (str,), "scheduler": (str,), "transforms": (str,), "weights": (str,),
     "dataset": (str,), "val_split": (float, int), "device": (str,), "precision": (str,),
-    "workers": (int, str), "seed": (int,), "patience": (int,), "out": (str,), "options": (dict,),
+    "workers": (int, str), "seed": (int,), "patience": (int,), "on_bad_image": (str,), "out": (str,),
+    "options": (dict,),
 }
 
 
@@ -63,6 +65,8 @@ def _check_value(key: str, value: Any, where: str | None) -> Any:
     if isinstance(value, bool) or not isinstance(value, types):
         expected = " or ".join(t.__name__ for t in types)
         raise UsageError(f"{where}{label} must be {expected}, got {value!r}")
+    if key == "on_bad_image" and value not in ("error", "skip"):
+        raise UsageError(f"{where}{label} must be error or skip, got {value!r}")
     if key == "workers" and isinstance(value, str) and value != "auto":
         raise UsageError(f"{where}{label} must be a number or 'auto', got {value!r}")
     if key in ("epochs", "batch_size") and value < 1:

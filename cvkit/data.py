@@ -85,11 +85,24 @@ def check_classes(train_classes, val_classes, root: str) -> None:
 
 
 def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val_split: float | None = None,
-                seed: int = 0, options: dict | None = None, plugins=None) -> Splits:
+                seed: int = 0, options: dict | None = None, on_bad_image: str = "error", plugins=None) -> Splits:
+    """The train and val datasets of ``root``.
+
+    For the ``imagefolder`` format the cheap part of ``cvkit data check`` runs first (layout, class
+    folders, empty classes, train/val class sets). With ``on_bad_image="skip"`` every image is decoded
+    once up front and unreadable ones are dropped and listed in ``layout["skipped"]``.
+    """
     from torch.utils.data import Subset
 
     root = str(root)
+    if on_bad_image not in ("error", "skip"):
+        raise UsageError(f"--on-bad-image {on_bad_image!r}: use error or skip")
     layout = detect_layout(root, val_split)
+    if dataset == "imagefolder":
+        report = check_data(root, val_split=val_split, deep=False,
+                            allow_empty=bool((options or {}).get("allow_empty")))
+        if report["errors"]:
+            raise DataError(report["errors"][0])
     if layout == "folders":
         train = build_dataset(dataset, root, split="train", transform=train_transform, options=options,
                               plugins=plugins)
@@ -97,15 +110,20 @@ def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val
                             plugins=plugins)
         check_classes(train.classes, val.classes, root)
         info = {"layout": "folders", "root": root}
+        if on_bad_image == "skip":
+            info["skipped"] = drop_unreadable([train], [val])
     else:
         full_train = build_dataset(dataset, root, split=None, transform=train_transform, options=options,
                                    plugins=plugins)
         full_val = build_dataset(dataset, root, split=None, transform=eval_transform, options=options,
                                  plugins=plugins)
+        skipped = drop_unreadable([full_train, full_val]) if on_bad_image == "skip" else None
         train_idx, val_idx = stratified_split(_targets(full_train), val_split, seed)
         train, val = Subset(full_train, train_idx), Subset(full_val, val_idx)
         train.classes = val.classes = list(full_train.classes)
         info = {"layout": "split", "root": root, "val_split": val_split, "seed": seed}
+        if skipped is not None:
+            info["skipped"] = skipped
         samples = getattr(full_train, "samples", None)
         if samples:
             info["val_files"] = [os.path.relpath(samples[i][0], root) for i in val_idx]
@@ -124,6 +142,135 @@ def parse_workers(value):
         return int(value)
     except ValueError:
         raise UsageError(f"--workers {value!r}: a number or auto") from None
+
+
+def drop_unreadable(*groups) -> list[dict]:
+    """Decode every image of each group of datasets once; drop unreadable ones from all datasets of
+    the group (datasets of one group list the same files). Returns what was dropped, by path."""
+    from cvkit.images import load_image
+
+    skipped = []
+    for group in groups:
+        samples = getattr(group[0], "samples", None)
+        if samples is None:
+            raise UsageError("--on-bad-image skip: this dataset format does not list its files")
+        bad = {}
+        for path, _ in samples:
+            try:
+                load_image(path)
+            except DataError as exc:
+                bad[path] = str(exc)
+        for ds in group:
+            keep = [(p, t) for p, t in ds.samples if p not in bad]
+            ds.samples = ds.imgs = keep
+            ds.targets = [t for _, t in keep]
+        skipped += [{"path": p, "error": e} for p, e in bad.items()]
+    return skipped
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def scan_split(path: str) -> dict:
+    """Class folders of one split and their image files, as ImageFolder would read them (hidden
+    files and folders ignored), without opening any image."""
+    from cvkit.images import IMAGE_EXTENSIONS
+
+    classes, hidden, others = {}, 0, 0
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        if not _visible(entry.name):
+            hidden += 1
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
+            hidden += sum(not _visible(d) for d in dirnames) + sum(not _visible(f) for f in filenames)
+            dirnames[:] = sorted(d for d in dirnames if _visible(d))
+            for f in sorted(filenames):
+                if not _visible(f):
+                    continue
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(os.path.join(dirpath, f))
+                else:
+                    others += 1
+        classes[entry.name] = files
+    return {"path": path, "classes": classes, "hidden_ignored": hidden, "other_files": others}
+
+
+IMBALANCE_WARNING = 3.0  # largest class / smallest class in train
+
+
+def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
+               allow_empty: bool = False) -> dict:
+    """Check an image tree without changing it: per-split class counts, imbalance, empty classes,
+    classes missing from a split and, with ``deep``, unreadable images and exact duplicates shared by
+    train and val. ``errors`` stop training; ``warnings`` do not."""
+    import hashlib
+
+    from cvkit.images import load_image
+
+    root = str(root)
+    layout = detect_layout(root, val_split or 0.2)  # a flat tree is fine to check; train asks for --val-split
+    if layout == "folders":
+        val_dir = next(os.path.join(root, n) for n in VAL_NAMES if os.path.isdir(os.path.join(root, n)))
+        splits = {"train": scan_split(os.path.join(root, "train")), "val": scan_split(val_dir)}
+    else:
+        splits = {"all": scan_split(root)}
+    errors, warnings = [], []
+    for name, split in splits.items():
+        if not split["classes"]:
+            errors.append(f"{split['path']}: no class folders")
+        for cls, files in split["classes"].items():
+            if not files and not allow_empty:
+                errors.append(f"{os.path.join(split['path'], cls)}: empty class folder (no images); remove it "
+                              f"or pass --opt dataset.allow_empty=true")
+    if layout == "folders":
+        check = list(splits["train"]["classes"]), list(splits["val"]["classes"])
+        if check[0] != check[1]:
+            only_train = sorted(set(check[0]) - set(check[1]))
+            only_val = sorted(set(check[1]) - set(check[0]))
+            parts = ([f"only in train: {', '.join(only_train)}"] if only_train else []) + (
+                [f"only in val: {', '.join(only_val)}"] if only_val else [])
+            errors.append(f"{root}: train and val have different classes ({'; '.join(parts)})")
+    counts = {c: len(f) for c, f in next(iter(splits.values()))["classes"].items()}
+    nonzero = [n for n in counts.values() if n]
+    if nonzero and max(nonzero) > IMBALANCE_WARNING * min(nonzero):
+        big = max(counts, key=counts.get)
+        small = min((c for c in counts if counts[c]), key=counts.get)
+        warnings.append(f"classes are imbalanced: {big} has {counts[big]} images, {small} {counts[small]}")
+    report = {
+        "root": root, "layout": layout,
+        "splits": {name: {"path": s["path"], "classes": {c: len(f) for c, f in s["classes"].items()},
+                          "images": sum(len(f) for f in s["classes"].values()),
+                          "hidden_ignored": s["hidden_ignored"], "other_files": s["other_files"]}
+                   for name, s in splits.items()},
+        "errors": errors, "warnings": warnings,
+    }
+    if deep:
+        unreadable, digests = [], {}
+        for name, split in splits.items():
+            for files in split["classes"].values():
+                for path in files:
+                    try:
+                        load_image(path)
+                    except DataError as exc:
+                        unreadable.append({"path": path, "error": str(exc)})
+                    if layout == "folders":
+                        with open(path, "rb") as f:
+                            digests.setdefault(name, {}).setdefault(hashlib.sha256(f.read()).hexdigest(), path)
+        duplicates = []
+        if layout == "folders":
+            train_digests = digests.get("train", {})
+            duplicates = [{"val": path, "train": train_digests[d]} for d, path in digests.get("val", {}).items()
+                          if d in train_digests]
+        report["unreadable"] = unreadable
+        report["duplicates"] = duplicates
+        if duplicates:
+            warnings.append(f"{len(duplicates)} val images are exact copies of train images "
+                            f"(they inflate val accuracy), e.g. {duplicates[0]['val']}")
+    return report
 
 
 def resolve_workers(workers, num_images: int) -> int:

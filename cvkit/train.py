@@ -222,7 +222,8 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     loss_fn = build_loss(config.loss, options=opts.get("loss"), plugins=plugins)
     splits = load_splits(config.data, dataset=config.dataset, train_transform=train_tf, eval_transform=eval_tf,
                          val_split=config.val_split, seed=config.seed, options=opts.get("dataset"),
-                         plugins=plugins)
+                         on_bad_image=config.on_bad_image, plugins=plugins)
+    skipped = splits.layout.get("skipped") or []
     classes = splits.classes
     if checkpoint is not None and checkpoint["classes"] != classes:
         raise CheckpointError(f"--resume {resume}: the checkpoint's classes {checkpoint['classes']} differ "
@@ -358,6 +359,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         "train_images_per_second": round(train_images / train_seconds, 2) if train_seconds > 0 else None,
         "device": str(device),
         "precision": precision,
+        "skipped_images": skipped,
         "best_checkpoint": str(run_dir / "best.pt"),
         "last_checkpoint": str(run_dir / "last.pt"),
     }
@@ -383,6 +385,10 @@ def _print_summary(summary: dict, console) -> None:
         f"[bold]{acc:.3f}[/] at epoch {summary['best_epoch']} "
         f"({summary['train_images_per_second']} train images/s on {summary['device']} {summary['precision']})"
         if acc is not None else f"\n[bold]done[/] in {summary['seconds']:.1f}s")
+    if summary["skipped_images"]:
+        console.print(f"[yellow]skipped {len(summary['skipped_images'])} unreadable images:[/]")
+        for item in summary["skipped_images"]:
+            console.print(f"  {item['error']}", markup=False)
     console.print(f"run directory: {summary['run_dir']}")
     console.print(f"  evaluate: cvkit eval --checkpoint {summary['best_checkpoint']}")
     console.print(f"  predict:  cvkit predict IMAGE... --checkpoint {summary['best_checkpoint']}")

@@ -73,3 +73,38 @@ def download_dataset(name: str, folder: str) -> dict:
             img, label = ds[i]
             img.save(root / split / names[label] / f"{i:05d}.png")
     return {"root": str(root), "classes": classes, "counts": _count(root), "dataset": key}
+
+
+def render_check(report: dict) -> None:
+    from rich.table import Table
+
+    from cvkit import ui
+
+    splits = report["splits"]
+    classes = sorted({c for s in splits.values() for c in s["classes"]})
+    ui.out.print(f"[bold]{report['root']}[/] ({report['layout']} layout)")
+    table = Table()
+    table.add_column("class")
+    for name in splits:
+        table.add_column(name, justify="right")
+    for c in classes:
+        cells = []
+        for s in splits.values():
+            n = s["classes"].get(c)
+            cells.append("[red]missing[/]" if n is None else f"[red]{n}[/]" if n == 0 else str(n))
+        table.add_row(c, *cells)
+    table.add_row("[bold]images[/]", *[f"[bold]{s['images']}[/]" for s in splits.values()], end_section=True)
+    ui.out.print(table)
+    for name, s in splits.items():
+        if s["hidden_ignored"] or s["other_files"]:
+            ui.out.print(f"{name}: ignored {s['hidden_ignored']} hidden entries and {s['other_files']} non-image files")
+    for e in report["errors"]:
+        ui.out.print(f"[red]error:[/] {e}")
+    for u in report.get("unreadable", []):
+        ui.out.print(f"[red]unreadable:[/] {u['error']}")
+    for w in report["warnings"]:
+        ui.out.print(f"[yellow]warning:[/] {w}")
+    if "unreadable" not in report:
+        ui.out.print("(quick check: images were not decoded)")
+    elif not (report["errors"] or report["unreadable"] or report["warnings"]):
+        ui.out.print("[green]no problems found[/]")
