@@ -76,13 +76,15 @@ def download_dataset(name: str, folder: str) -> dict:
 
 
 def render_check(report: dict) -> None:
+    from rich.markup import escape as esc
     from rich.table import Table
 
     from cvkit import ui
 
     splits = report["splits"]
     classes = sorted({c for s in splits.values() for c in s["classes"]})
-    ui.out.print(f"[bold]{report['root']}[/] ({report['layout']} layout)")
+    say = lambda text: ui.out.print(text, soft_wrap=True)  # noqa: E731  (paths stay whole, never wrapped)
+    say(f"[bold]{esc(report['root'])}[/] ({report['layout']} layout)")
     table = Table()
     table.add_column("class")
     for name in splits:
@@ -92,18 +94,18 @@ def render_check(report: dict) -> None:
         for s in splits.values():
             n = s["classes"].get(c)
             cells.append("[red]missing[/]" if n is None else f"[red]{n}[/]" if n == 0 else str(n))
-        table.add_row(c, *cells)
+        table.add_row(esc(c), *cells)
     table.add_row("[bold]images[/]", *[f"[bold]{s['images']}[/]" for s in splits.values()], end_section=True)
     ui.out.print(table)
     for name, s in splits.items():
         if s["hidden_ignored"] or s["other_files"]:
-            ui.out.print(f"{name}: ignored {s['hidden_ignored']} hidden entries and {s['other_files']} non-image files")
+            say(f"{name}: ignored {s['hidden_ignored']} hidden entries and {s['other_files']} non-image files")
     for e in report["errors"]:
-        ui.out.print(f"[red]error:[/] {e}")
+        say(f"[red]error:[/] {esc(e)}")
     for u in report.get("unreadable", []):
-        ui.out.print(f"[red]unreadable:[/] {u['error']}")
+        say(f"[red]unreadable:[/] {esc(u['error'])}")
     for w in report["warnings"]:
-        ui.out.print(f"[yellow]warning:[/] {w}")
+        say(f"[yellow]warning:[/] {esc(w)}")
     if "unreadable" not in report:
         ui.out.print("(quick check: images were not decoded)")
     elif not (report["errors"] or report["unreadable"] or report["warnings"]):

@@ -125,11 +125,12 @@ def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -
 
 
 def render_eval(report: dict) -> None:
+    from rich.markup import escape as esc
     from rich.table import Table
 
     out = ui.out
     top5 = f", top-5 {report['top5_accuracy']:.3f}" if report.get("top5_accuracy") is not None else ""
-    out.print(f"[bold]{report['model']}[/] from {report['checkpoint']} on {report['data']}: "
+    out.print(f"[bold]{esc(report['model'])}[/] from {esc(report['checkpoint'])} on {esc(report['data'])}: "
               f"{report['images']} images")
     out.print(f"accuracy [bold]{report['accuracy']:.3f}[/]{top5}, loss {report['loss']:.4f}")
     table = Table(title="per class", title_justify="left")
@@ -137,16 +138,16 @@ def render_eval(report: dict) -> None:
     for col in ("precision", "recall", "f1", "support"):
         table.add_column(col, justify="right")
     for r in report["per_class"]:
-        table.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+        table.add_row(esc(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     out.print(table)
     classes = report["classes"]
     cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("true \\ pred", style="bold")
     for c in classes:
-        cm.add_column(c, justify="right")
+        cm.add_column(esc(c), justify="right")
     for i, row in enumerate(report["confusion_matrix"]):
-        cm.add_row(classes[i], *[f"[green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "0")
+        cm.add_row(esc(classes[i]), *[f"[green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "0")
                                  for j, v in enumerate(row)])
     out.print(cm)
     for name, path in (report.get("files") or {}).items():
-        out.print(f"{name.replace('_', ' ')}: {path}")
+        out.print(f"{name.replace('_', ' ')}: {esc(path)}")

@@ -100,19 +100,20 @@ def predictions_csv(report: dict) -> str:
 
 
 def render_predictions(report: dict) -> None:
+    from rich.markup import escape as esc
     from rich.table import Table
 
     for r in report["results"]:
-        table = Table(title=r["path"], title_justify="left", show_edge=False)
+        table = Table(title=esc(r["path"]), title_justify="left", show_edge=False)
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("probability", justify="right")
         table.add_column("")
         for rank, p in enumerate(r["predictions"], 1):
             bar = "█" * round(p["probability"] * 20)
-            table.add_row(str(rank), p["label"], f"{p['probability']:.3f}", f"[cyan]{bar}[/]",
+            table.add_row(str(rank), esc(p["label"]), f"{p['probability']:.3f}", f"[cyan]{bar}[/]",
                           style="bold" if rank == 1 else None)
         ui.out.print(table)
-    ui.out.print(f"{len(report['results'])} images, model {report['model']} from {report['checkpoint']}")
+    ui.out.print(f"{len(report['results'])} images, model {esc(report['model'])} from {esc(report['checkpoint'])}")
     if report.get("grid"):
-        ui.out.print(f"grid: {report['grid']}")
+        ui.out.print(f"grid: {esc(report['grid'])}")

@@ -1,0 +1,178 @@
+"""Issue 4, data cases: hidden entries, empty classes, class mismatch, bad images, `cvkit data check`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFile
+
+from cvkit_plugins.demo import make_shapes
+
+FAST = ["--epochs", "1", "--workers", "0", "--batch-size", "8", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("base") / "shapes"
+    make_shapes(root, train_per_class=4, val_per_class=2, size=32, seed=3)
+    return root
+
+
+@pytest.fixture
+def data(base, tmp_path) -> Path:
+    """A fresh copy of the tiny tree that a test may damage."""
+    root = tmp_path / "data"
+    shutil.copytree(base, root)
+    return root
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _truncated_jpeg(path: Path) -> None:
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path, quality=90)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def test_hidden_folders_and_files_are_never_classes(cli, data, tmp_path):
+    for split in ("train", "val"):
+        (data / split / ".ipynb_checkpoints").mkdir()
+        (data / split / ".ipynb_checkpoints" / "x.png").write_bytes((data / "train" / "circle" / "circle_0000.png").read_bytes())
+        (data / split / ".git").mkdir()
+        (data / split / ".DS_Store").write_bytes(b"\0\1junk")
+        (data / split / "circle" / ".DS_Store").write_bytes(b"\0\1junk")
+        (data / split / "circle" / "._circle_0000.png").write_bytes(b"AppleDouble junk")
+    r = cli("train", str(data), *FAST, "--out", str(tmp_path / "r"), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["classes"] == ["circle", "square", "star", "triangle"]
+    report = json.loads(cli("data", "check", str(data), "--json").out)
+    assert list(report["splits"]["train"]["classes"]) == ["circle", "square", "star", "triangle"]
+    assert report["splits"]["train"]["hidden_ignored"] >= 4 and not report["unreadable"]
+
+
+def test_empty_class_folder_is_an_error_naming_it_unless_allowed(cli, data, tmp_path):
+    for split in ("train", "val"):
+        (data / split / "hexagon").mkdir()
+    r = cli("train", str(data), *FAST, "--out", str(tmp_path / "r"))
+    assert r.code == 3
+    line = _one_line(r.err)
+    assert str(data / "train" / "hexagon") in line and "allow_empty" in line
+    r = cli("train", str(data), *FAST, "--opt", "dataset.allow_empty=true", "--out", str(tmp_path / "r2"), "--json")
+    assert r.code == 0, r.err
+    assert "hexagon" in json.loads(r.out)["classes"]
+
+
+def test_train_and_val_class_sets_must_match(cli, data, tmp_path):
+    shutil.move(str(data / "val" / "star"), str(data / "val" / "pentagon"))
+    r = cli("train", str(data), *FAST, "--out", str(tmp_path / "r"))
+    assert r.code == 3
+    line = _one_line(r.err)
+    assert "only in train: star" in line and "only in val: pentagon" in line
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "bomb"])
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_bad_image_stops_training_naming_the_file(cli, data, tmp_path, monkeypatch, kind, workers):
+    bad = data / "train" / "square" / f"bad-{kind}.jpg"
+    if kind == "truncated":
+        _truncated_jpeg(bad)
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "text":
+        bad.write_text("this is not a picture")
+    else:  # over Pillow's decompression-bomb limit (lowered, so the test file can be small)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        Image.new("L", (64, 64)).save(bad)
+    args = [a if a != "0" else workers for a in FAST]
+    r = cli("train", str(data), *args, "--out", str(tmp_path / "r"))
+    assert r.code == 3, r.err
+    line = _one_line(r.err)
+    assert str(bad) in line
+    if kind == "bomb":
+        assert "decompression bomb" in line
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_on_bad_image_skip_continues_and_lists_the_files(cli, data, tmp_path):
+    truncated = data / "train" / "star" / "broken.jpg"
+    _truncated_jpeg(truncated)
+    empty = data / "val" / "circle" / "empty.png"
+    empty.write_bytes(b"")
+    r = cli("train", str(data), *FAST, "--on-bad-image", "skip", "--out", str(tmp_path / "r"), "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert sorted(item["path"] for item in summary["skipped_images"]) == sorted([str(truncated), str(empty)])
+    human = cli("train", str(data), *FAST, "--on-bad-image", "skip", "--out", str(tmp_path / "r2"))
+    assert "skipped 2 unreadable images" in human.out and "broken.jpg" in human.out
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+            h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def test_data_check_reports_everything_and_changes_nothing(cli, data):
+    # imbalance, a class missing from val, an unreadable file and a val image copied from train
+    for i in range(20):
+        shutil.copy(data / "train" / "circle" / "circle_0000.png", data / "train" / "circle" / f"extra_{i}.png")
+    shutil.rmtree(data / "val" / "triangle")
+    _truncated_jpeg(data / "train" / "square" / "broken.jpg")
+    shutil.copy(data / "train" / "star" / "star_0001.png", data / "val" / "star" / "leaked.png")
+    (data / "train" / "star" / "notes.txt").write_text("not an image")
+    before = _tree_digest(data)
+    r = cli("data", "check", str(data), "--json")
+    assert r.code == 3
+    report = json.loads(r.out)
+    assert report["splits"]["train"]["classes"] == {"circle": 24, "square": 5, "star": 4, "triangle": 4}
+    assert report["splits"]["val"]["classes"] == {"circle": 2, "square": 2, "star": 3}
+    assert report["splits"]["train"]["other_files"] == 1
+    assert any("only in train: triangle" in e for e in report["errors"])
+    assert [u["path"] for u in report["unreadable"]] == [str(data / "train" / "square" / "broken.jpg")]
+    assert report["duplicates"] == [{"val": str(data / "val" / "star" / "leaked.png"),
+                                     "train": str(data / "train" / "star" / "star_0001.png")}]
+    assert any("imbalanced" in w and "circle has 24" in w for w in report["warnings"])
+    human = cli("data", "check", str(data))
+    assert human.code == 3 and "broken.jpg" in human.out and "leaked.png" in human.out
+    assert _tree_digest(data) == before  # it never modifies the data
+
+
+def test_data_check_quick_skips_decoding_and_passes_a_clean_tree(cli, data):
+    r = cli("data", "check", str(data), "--quick", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert "unreadable" not in report and not report["errors"]
+    assert report["splits"]["train"]["images"] == 16
+    r = cli("data", "check", str(data))
+    assert r.code == 0 and "no problems found" in r.out
+
+
+def test_flat_tree_is_checked_as_one_split(cli, data, tmp_path):
+    flat = tmp_path / "flat"
+    shutil.copytree(data / "train", flat)
+    report = json.loads(cli("data", "check", str(flat), "--json").out)
+    assert report["layout"] == "split" and report["splits"]["all"]["images"] == 16
+
+
+def test_unreadable_folder_entries_do_not_crash_the_check(cli, data):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file regardless of permissions")
+    p = data / "train" / "circle" / "circle_0000.png"
+    p.chmod(0)
+    report = json.loads(cli("data", "check", str(data), "--json").out)
+    assert [u["path"] for u in report["unreadable"]] == [str(p)]
