@@ -43,7 +43,20 @@ def build_model(name: str, *, num_classes: int, weights: str | None = None,
     """The model called ``name`` with ``num_classes`` outputs; ``weights`` as its plugin reads it."""
     plugins = plugins or get_plugins()
     entry = plugins["models"].get(name, option="--model")
+    if weights not in (None, "", "none", "imagenet"):
+        _check_weights_model(weights, name)
     return entry.create(num_classes=num_classes, weights=weights, options=options)
+
+
+def _check_weights_model(path: str, name: str) -> None:
+    """A cvkit checkpoint names its model: weights of another model are refused by name."""
+    from cvkit.checkpoint import is_checkpoint, load_file
+    from cvkit.errors import CheckpointError
+
+    obj = load_file(path, option="--weights")
+    saved = (obj.get("model") or {}).get("name") if is_checkpoint(obj) else None
+    if saved is not None and saved != name:
+        raise CheckpointError(f"--weights {path}: a checkpoint of model {saved!r}, not {name!r}")
 
 
 def build_transform(spec: ModelSpec, name: str | None = None, *, train: bool,

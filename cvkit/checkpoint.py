@@ -55,6 +55,18 @@ def save_checkpoint(payload: dict, path) -> Path:
     return path
 
 
+_TRUST_ENV = "CVKIT_TRUST_CHECKPOINTS"
+
+
+def trusted() -> bool:
+    """Whether the user chose to load checkpoints with full pickle (``cvkit --trust-checkpoints``)."""
+    return os.environ.get(_TRUST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def trust_checkpoints() -> None:
+    os.environ[_TRUST_ENV] = "1"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -81,9 +93,16 @@ def load_file(path, *, option: str = "checkpoint") -> object:
         # The weights-only unpickler names the class or function it refused ("Unsupported global:
         # GLOBAL os.system ..."); any other failure (a text file, a plain pickle) is just not a checkpoint.
         if "GLOBAL" in str(exc) or "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
-            raise CheckpointError(
-                f"{option} {path}: refused, the file holds Python objects that could run code "
-                f"(only tensors and plain data are loaded)") from None
+            if not trusted():
+                raise CheckpointError(
+                    f"{option} {path}: refused, the file holds Python objects that could run code "
+                    f"(only tensors and plain data are loaded; if you trust its author, see "
+                    f"--trust-checkpoints)") from None
+            from cvkit import ui
+
+            ui.warn(f"{option} {path}: loading with full pickle (--trust-checkpoints): this file can run "
+                    f"any code on this machine")
+            return torch.load(path, map_location="cpu", weights_only=False)
         if "Weights only load failed" in str(exc):
             first = "not a file written by torch.save"
         raise CheckpointError(f"{option} {path}: not a cvkit checkpoint or state dict ({first})") from None
@@ -123,7 +142,13 @@ def load_weights_into(model, path, *, head: str | None = None, option: str = "--
     reset: list[str] = []  # head keys deliberately left at their fresh initial values
     if head:
         prefix = head.rstrip(".") + "."
-        if any(k in own and own[k].shape != v.shape for k, v in state.items() if k.startswith(prefix)):
+        mismatched = [k for k, v in state.items() if k.startswith(prefix) and k in own and own[k].shape != v.shape]
+        if mismatched:
+            from cvkit import ui
+
+            k = mismatched[0]
+            ui.warn(f"{option} {path}: {k} has shape {tuple(state[k].shape)}, this model needs "
+                    f"{tuple(own[k].shape)} (another class count): {head} starts fresh, the rest is loaded")
             state = {k: v for k, v in state.items() if not k.startswith(prefix)}
             reset = [k for k in own if k.startswith(prefix)]
     missing = [k for k in own if k not in state and k not in reset]

@@ -45,8 +45,16 @@ def make_app(plugins=None) -> typer.Typer:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks for errors.")] = False,
         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                               help="Print cvkit's version.")] = False,
+        trust_checkpoints: Annotated[bool, typer.Option(
+            "--trust-checkpoints",
+            help="Load checkpoints that hold Python objects with full pickle, which can run any code: "
+                 "only for files from people you trust.")] = False,
     ):
         """cvkit: image classifiers from the command line."""
+        if trust_checkpoints:
+            from cvkit.checkpoint import trust_checkpoints as trust
+
+            trust()
 
     @app.command("device", rich_help_panel="Inspect")
     def device_cmd(json: JsonOpt = False):

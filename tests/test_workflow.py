@@ -243,7 +243,7 @@ def test_bad_input_is_one_clear_line(cli, shapes, tmp_path, monkeypatch, args, c
 
 def test_resume_with_another_model_is_refused(cli, trained, tmp_path):
     r = cli("train", "--resume", str(trained), "--model", "resnet18-frozen")
-    assert r.code == 2 and "net" in r.err and "resnet18-frozen" in r.err
+    assert r.code == 4 and "net" in r.err and "resnet18-frozen" in r.err
 
 
 def test_data_demo_command(cli, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cvkit.config import FIELDS, make_config, read_config_file
 from cvkit.data import parse_workers
-from cvkit.errors import UsageError
+from cvkit.errors import CheckpointError
 
 
 def train_command(*, cli_values: dict, config_file: str | None = None, resume: str | None = None,
@@ -23,7 +23,7 @@ def train_command(*, cli_values: dict, config_file: str | None = None, resume: s
         saved_config = {k: v for k, v in (saved.get("config") or {}).items() if k in FIELDS and k != "out"}
         given_model = cli_values.get("model") or base.get("model")
         if given_model and given_model != saved_config.get("model"):
-            raise UsageError(f"--resume {resume}: the run trained model {saved_config.get('model')!r}, "
+            raise CheckpointError(f"--resume {resume}: the run trained model {saved_config.get('model')!r}, "
                              f"not {given_model!r}")
         base = {**saved_config, **base}
     config = make_config(base, cli_values)
