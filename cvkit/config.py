@@ -84,6 +84,28 @@ def _check_value(key: str, value: Any, where: str | None) -> Any:
     return float(value) if key in ("lr", "val_split") else value
 
 
+def _strict_loader():
+    """yaml.SafeLoader (no Python tags: ``!!python/...`` is an error) that also refuses a key given
+    twice in one mapping, where YAML would silently keep the last."""
+    import yaml
+
+    class StrictSafeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictSafeLoader
+
+
+_FLOATS = {"lr", "val_split"}
+
+
 def read_config_file(path) -> dict:
     """The options in a YAML file, checked against the known names and types."""
     import yaml
@@ -96,7 +118,7 @@ def read_config_file(path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--config {path}: cannot read ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_strict_loader())  # safe_load's loader, refusing duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -114,8 +136,33 @@ def read_config_file(path) -> dict:
             close = difflib.get_close_matches(name, list(FIELDS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UsageError(f"--config {path}: unknown key {key!r}{hint}")
+        if name in _FLOATS and isinstance(value, str):
+            value = _float_or_same(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if name == "options" and isinstance(value, dict):
+            _check_option_kinds(value, path)
         values[name] = _check_value(name, value, f"--config {path}")
     return values
+
+
+def _float_or_same(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _check_option_kinds(options: dict, path) -> None:
+    from cvkit.registry import KINDS
+
+    for kind, opts in options.items():
+        if kind not in KINDS:
+            raise UsageError(f"--config {path}: unknown key 'options.{kind}' (options are grouped by "
+                             f"{', '.join(KINDS)})")
+        if not isinstance(opts, dict):
+            raise UsageError(f"--config {path}: options.{kind} must be a mapping of option names to values")
+        for key in opts:
+            if not isinstance(key, str):
+                raise UsageError(f"--config {path}: options.{kind}: option names are text, got {key!r}")
 
 
 def make_config(file_values: dict | None = None, cli_values: dict | None = None) -> TrainConfig:

@@ -63,12 +63,3 @@ def _normalise_mode(img):
         return composed.convert("L" if mode in ("LA", "La") else "RGB")
     return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
 
-
-def find_images(path) -> list[Path]:
-    """Image files under a folder (recursively, hidden entries skipped), sorted."""
-    root = Path(path)
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cvkit.errors import DataError
-from cvkit.images import find_images, load_image
+from cvkit.images import load_image
 
 
 def test_rgb_and_l_pass_through(tmp_path):
@@ -190,13 +190,3 @@ def test_missing_file_and_directory(tmp_path):
     assert str(tmp_path / "nope.png") in str(info.value)
     with pytest.raises(DataError, match="is a directory"):
         load_image(tmp_path)
-
-
-def test_find_images_skips_hidden_and_other_files(tmp_path):
-    for rel in ["b/1.PNG", "a/2.jpg", "a/deeper/3.jpeg", ".hidden/4.png", "a/.5.png", "a/notes.txt",
-                ".ipynb_checkpoints/6.png"]:
-        path = tmp_path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
-    assert found == ["a/2.jpg", "a/deeper/3.jpeg", "b/1.PNG"]

@@ -10,23 +10,50 @@ from pathlib import Path
 
 from cvkit import ui
 from cvkit.errors import DataError, UsageError
-from cvkit.images import IMAGE_EXTENSIONS, find_images, load_image
+from cvkit.images import IMAGE_EXTENSIONS, load_image
 
 GRID_MAX = 64
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given, folders searched for images, globs expanded; duplicates dropped, order kept."""
+def _walk_images(folder: str, skipped: list[dict]) -> list[Path]:
+    """Image files under ``folder``, following links once (a link loop is skipped and reported);
+    other files are reported as skipped, hidden ones ignored."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            skipped.append({"path": dirpath, "reason": "symbolic link loop"})
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if not os.path.exists(path):
+                skipped.append({"path": path, "reason": "broken symbolic link"})
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(path))
+            else:
+                skipped.append({"path": path, "reason": "not an image file"})
+    return found
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files as given, folders searched for images, globs expanded; duplicates dropped, order kept.
+    Returns the image paths and what was skipped (path and reason)."""
     paths: list[Path] = []
+    skipped: list[dict] = []
     for item in items:
-        if any(ch in item for ch in "*?["):
+        if any(ch in item for ch in "*?[") and not os.path.exists(item):
             matches = sorted(glob.glob(item, recursive=True))
             files = [Path(m) for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
             if not files:
                 raise DataError(f"{item}: no images match this pattern")
             paths += files
         elif os.path.isdir(item):
-            found = find_images(item)
+            found = _walk_images(item, skipped)
             if not found:
                 raise DataError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found
@@ -39,7 +66,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
         if p not in seen:
             seen.add(p)
             unique.append(p)
-    return unique
+    return unique, skipped
 
 
 def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: int = 3, batch_size: int = 32,
@@ -55,7 +82,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
         raise UsageError(f"--top-k {top_k}: must be at least 1")
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-    paths = expand_inputs(images)
+    paths, skipped = expand_inputs(images)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
@@ -63,8 +90,18 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     k = min(top_k, len(classes))
     results, shown = [], []
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        tensors = [transform(load_image(p)) for p in chunk]
+        chunk, tensors = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                picture = load_image(p)
+            except DataError as exc:  # one unreadable file does not stop the others
+                reason = str(exc)
+                skipped.append({"path": str(p), "reason": reason.removeprefix(f"{p}: ")})
+                continue
+            chunk.append(p)
+            tensors.append(transform(picture))
+        if not tensors:
+            continue
         batch = torch.stack(tensors).to(dev)  # one image alone is still a batch: N=1
         with torch.inference_mode(), autocast(dev, prec):
             logits = model(batch)
@@ -76,8 +113,10 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
             results.append({"path": str(p), "predictions": preds})
             if grid and len(shown) < GRID_MAX:
                 shown.append(x)
+    if not results:
+        raise DataError(f"no readable images among {len(paths)} ({skipped[0]['reason']})")
     report = {"checkpoint": str(path), "model": spec.name, "device": str(dev), "precision": prec,
-              "results": results}
+              "results": results, "skipped": skipped}
     if grid:
         from cvkit import reports
 
