@@ -183,10 +183,17 @@ def versions() -> dict:
 
 def make_checkpoint(*, model, spec, classes, transform_name, transform, config: dict, run: dict, epoch: int,
                     metrics: dict, history: list, best: dict, optimizer=None, scheduler=None,
-                    scaler=None, rng: dict | None = None, model_state: dict | None = None) -> dict:
+                    scaler=None, rng: dict | None = None, model_state: dict | None = None,
+                    interrupted: dict | None = None) -> dict:
     """A self-describing checkpoint: everything needed to rebuild, evaluate, predict and resume.
 
     Only tensors and plain data, so it loads with ``torch.load(weights_only=True)``.
+
+    ``epoch`` is the last completed epoch and ``rng`` the random state at the start of the next.
+    ``interrupted`` is None, except in a ``last.pt`` saved when training was stopped by a signal
+    in the middle of an epoch: then the weights, optimizer and scaler are those after step
+    ``interrupted["step"]`` of epoch ``interrupted["epoch"]`` (= ``epoch + 1``), and the record
+    holds what ``cvkit.train.run_phase`` needs to continue that epoch exactly (see ``fit``).
     """
     import datetime
 
@@ -213,6 +220,7 @@ def make_checkpoint(*, model, spec, classes, transform_name, transform, config: 
         "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
         "scaler_state": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng,
+        "interrupted": interrupted,
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -15,6 +15,7 @@ import typer
 
 from cvkit import __version__, ui
 from cvkit.errors import CvkitError, message_of
+from cvkit.interrupts import Interrupted, exit_on_signals
 from cvkit.plugins import check_strict, get_plugins, strict
 
 REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets"]
@@ -285,18 +286,22 @@ def main(argv: list[str] | None = None) -> None:
     # --verbose is global: accept it after the command name too (typer knows it only before)
     argv = [a for a in argv if a != "--verbose"]
     try:
-        plugins = get_plugins()
-        app = make_app(plugins)
-        if strict():
-            check_strict(plugins)
-        for problem in plugins.problems():
-            ui.warn(problem)
-        app(args=argv, prog_name="cvkit")
+        with exit_on_signals():  # Ctrl-C and SIGTERM: one line and exit 130 / 143, in every command
+            plugins = get_plugins()
+            app = make_app(plugins)
+            if strict():
+                check_strict(plugins)
+            for problem in plugins.problems():
+                ui.warn(problem)
+            app(args=argv, prog_name="cvkit")
     except CvkitError as exc:
         if verbose:
             traceback.print_exc()
         ui.error(message_of(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        ui.error("interrupted")
+    except Interrupted as exc:
+        ui.error(exc.message())
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # raised before the handlers were in place
+        ui.error("interrupted (Ctrl-C)")
         sys.exit(130)

@@ -289,13 +289,33 @@ def resolve_workers(workers, num_images: int) -> int:
     return workers
 
 
+LOADER_TIMEOUT_ENV = "CVKIT_LOADER_TIMEOUT"
+LOADER_TIMEOUT = 300.0
+
+
 def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device, seed: int = 0):
+    """A seeded DataLoader. With worker processes, a worker that gives no batch for
+    ``$CVKIT_LOADER_TIMEOUT`` seconds (default 300; 0 waits forever) is an error instead of a hang;
+    a worker that dies is reported by torch at once (``cvkit.train.loader_failure`` words both).
+    Workers ignore Ctrl-C and die of SIGTERM (see ``cvkit.interrupts.reset_worker_signals``)."""
     import torch
     from torch.utils.data import DataLoader
+
+    timeout = 0.0
+    if workers > 0:
+        raw = os.environ.get(LOADER_TIMEOUT_ENV, "").strip()
+        try:
+            timeout = float(raw) if raw else LOADER_TIMEOUT
+        except ValueError:
+            timeout = -1.0
+        if not (timeout >= 0 and timeout != float("inf")):
+            raise UsageError(f"{LOADER_TIMEOUT_ENV}={raw!r}: a number of seconds (0: wait forever)")
+    from cvkit.interrupts import reset_worker_signals
 
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=generator,
+        timeout=timeout, worker_init_fn=reset_worker_signals if workers > 0 else None,
     )

@@ -13,7 +13,9 @@ import csv
 import math
 import os
 import random
+import shlex
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from cvkit.build import (ModelSpec, build_loss, build_model, build_optimizer, bu
                          build_transform, model_spec)
 from cvkit.checkpoint import find_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from cvkit.config import TrainConfig, write_config
-from cvkit.data import load_splits, make_loader, resolve_workers
+from cvkit.data import LOADER_TIMEOUT_ENV, load_splits, make_loader, resolve_workers
 from cvkit.device import resolve_device, resolve_precision
-from cvkit.errors import CheckpointError, NumericalError, UsageError
+from cvkit.errors import CheckpointError, DataError, NumericalError, UsageError
+from cvkit.interrupts import GracefulStop, Interrupted, TrainingStopped, signal_name
 from cvkit.plugins import Plugins, get_plugins
 
 RUNS_DIR = "runs"
@@ -42,11 +45,23 @@ def autocast(device, precision: str):
 
 def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimizer=None, scaler=None,
               progress=None, description: str = "", epoch: int = 0, label_map=None,
-              collect: bool = False, topk: int = 1) -> dict:
+              collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None) -> dict:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
     Returns mean loss, accuracy (and top-k accuracy), the image count and rate, and with ``collect``
     the predicted and true labels in loader order (for confusion matrices).
+
+    A loss that is not finite, or (training) weights that are not finite after a step, raise
+    :class:`NumericalError` naming the epoch and step. A DataLoader worker that dies or hangs
+    raises :class:`DataError`.
+
+    ``stop`` (a :class:`~cvkit.interrupts.GracefulStop`) is checked after each training step; once
+    it is set the pass ends there and the result has ``stopped_at`` (steps done). Training results
+    have ``totals`` (the running sums). A validation pass stops early only when the signal also
+    killed the DataLoader workers. ``resume`` (the ``interrupted`` record of a checkpoint)
+    continues such a pass exactly: its first ``step`` batches are loaded again but not trained on,
+    so the sampler's order and the random numbers the augmentation draws are as they were, then
+    the random state of the moment of the stop is restored and the sums carry on.
     """
     import torch
 
@@ -56,45 +71,87 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     predictions, targets = [], []
     task = progress.add_task(description, total=len(loader), rate="", stats="") if progress else None
     start = time.perf_counter()
-    with torch.enable_grad() if training else torch.inference_mode():
-        for step, (x, y) in enumerate(loader, 1):
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if label_map is not None:
-                y = label_map.to(y.device)[y]
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                phase = "training" if training else "validation"
-                raise NumericalError(f"loss is {loss_value} in epoch {epoch}, {phase} step {step}; "
-                                     f"try a lower --lr or --precision fp32")
-            if training:
-                if scaler is not None and scaler.is_enabled():
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-            n = y.shape[0]
-            predicted = logits.detach().argmax(1)
-            total_loss += loss_value * n
-            correct += int((predicted == y).sum())
-            if topk > 1:
-                k = min(topk, logits.shape[1])
-                correct_k += int((logits.detach().topk(k, dim=1).indices == y[:, None]).any(1).sum())
-            seen += n
-            if collect:
-                predictions.append(predicted.cpu())
-                targets.append(y.cpu())
+    stopped_at = None
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if training else []
+    batches = None
+    try:
+        with _fetching(stop):
+            batches = iter(loader)
+            if resume:
+                for _ in range(resume["step"]):
+                    next(batches)
+        if resume:
+            _set_rng_state(resume["rng"], loader)
+            step = resume["step"]
+            totals = resume["totals"]
+            total_loss, correct, correct_k, seen = (totals["loss_sum"], totals["correct"],
+                                                    totals["correct_k"], totals["seen"])
             if progress is not None:
-                elapsed = time.perf_counter() - start
-                progress.update(task, advance=1, rate=f"{seen / max(elapsed, 1e-9):.0f} img/s",
-                                stats=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
+                progress.update(task, completed=step)
+        with torch.enable_grad() if training else torch.inference_mode():
+            while True:
+                with _fetching(stop):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y = batch
+                step += 1
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if label_map is not None:
+                    y = label_map.to(y.device)[y]
+                if training:
+                    optimizer.zero_grad(set_to_none=True)
+                with autocast(device, precision):
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    phase = "training" if training else "validation"
+                    raise NumericalError(f"loss is {loss_value} in epoch {epoch}, {phase} step {step}; "
+                                         f"try a lower --lr or --precision fp32")
+                if training:
+                    if scaler is not None and scaler.is_enabled():
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    bad = first_nonfinite(trainable)
+                    if bad is not None:
+                        raise NumericalError(f"weight {bad} is not finite in epoch {epoch} after training step "
+                                             f"{step} (the loss was {loss_value:.4g}); try a lower --lr")
+                n = y.shape[0]
+                predicted = logits.detach().argmax(1)
+                total_loss += loss_value * n
+                correct += int((predicted == y).sum())
+                if topk > 1:
+                    k = min(topk, logits.shape[1])
+                    correct_k += int((logits.detach().topk(k, dim=1).indices == y[:, None]).any(1).sum())
+                seen += n
+                if collect:
+                    predictions.append(predicted.cpu())
+                    targets.append(y.cpu())
+                if progress is not None:
+                    elapsed = time.perf_counter() - start
+                    progress.update(task, advance=1, rate=f"{seen / max(elapsed, 1e-9):.0f} img/s",
+                                    stats=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
+                # after a stop signal: training stops here; validation too if the workers are gone
+                if stop is not None and stop.requested and (training or stop.workers_lost):
+                    stopped_at = step
+                    break
+    except RuntimeError as exc:
+        between_steps = stop is not None and stop.fetching
+        if stop is not None:
+            stop.fetching = False
+        problem = loader_failure(exc, loader, description, iterator=batches)
+        if problem is None:
+            raise
+        if not (between_steps and stop.requested):
+            raise problem from None
+        # the stop signal reached the workers too (sent to the process group): stop between steps
+        stopped_at = step
     seconds = time.perf_counter() - start
     if progress is not None:
         progress.remove_task(task)
@@ -107,7 +164,94 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     if collect:
         result["predictions"] = torch.cat(predictions).tolist() if predictions else []
         result["targets"] = torch.cat(targets).tolist() if targets else []
+    if training:  # the running sums, for a checkpoint that continues this pass
+        result["totals"] = {"loss_sum": total_loss, "correct": correct, "correct_k": correct_k, "seen": seen}
+    if stopped_at is not None:
+        result["stopped_at"] = stopped_at
     return result
+
+
+@contextlib.contextmanager
+def _fetching(stop):
+    """Mark the waits for the loader, where a worker's death is reported rather than held back.
+
+    Left set when the wait raises, for ``run_phase`` to see that the steps so far are complete.
+    """
+    if stop is None:
+        yield
+        return
+    stop.fetching = True
+    yield
+    stop.fetching = False
+
+
+def first_nonfinite(named_tensors) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, else None.
+
+    Screened with norms (one device sync for all tensors; ``isfinite`` on every element is far
+    slower on some CPUs); a norm that is not finite is then confirmed element-wise, since finite
+    values can overflow a norm.
+    """
+    import torch
+
+    items = [(name, t.detach()) for name, t in named_tensors if torch.is_tensor(t) and t.is_floating_point()]
+    if not items:
+        return None
+    norms = [torch.linalg.vector_norm(t) for _, t in items]
+    if bool(torch.isfinite(torch.stack([n.to(norms[0].device, torch.float32) for n in norms])).all()):
+        return None
+    for (name, t), norm in zip(items, norms):
+        if not math.isfinite(float(norm)) and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def loader_failure(exc: BaseException, loader, description: str = "", iterator=None):
+    """A :class:`DataError` for a DataLoader worker that died or hung, else None (another error).
+
+    torch raises a plain RuntimeError for both. For a dead worker it comes either from its SIGCHLD
+    handler (with the exit code or signal), which can fire anywhere in the main thread, or from
+    the wait for a batch (without them: then ``iterator``'s workers are asked, if given).
+    """
+    import re
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    workers = getattr(loader, "num_workers", 0)
+    option = f"--workers {workers}" if workers else "--workers"
+    where = f" during {description}" if description else ""
+    if first.startswith("DataLoader timed out after"):
+        return DataError(f"{option}: a DataLoader worker gave no batch in {getattr(loader, 'timeout', '?')} "
+                         f"seconds{where}: it hangs or is very slow; rerun with --workers 0 to find out, "
+                         f"or raise {LOADER_TIMEOUT_ENV}")
+    if not (first.startswith("DataLoader worker") and ("exited unexpectedly" in first or "killed by signal" in first)):
+        return None
+    pids = re.search(r"\(pid(?:\(s\))? ([\d, ]+)\)", first)
+    pid_text = f" (pid {pids.group(1)})" if pids else ""
+    killed = re.search(r"killed by signal: ([^.]+)", first)
+    code = re.search(r"exit code (-?\d+)", first)
+    if not killed and not code:  # ask the worker processes themselves (best effort: private attribute)
+        codes = [w.exitcode for w in getattr(iterator, "_workers", ()) or () if w.exitcode]
+        if codes and codes[0] < 0:
+            import signal as signals
+
+            with contextlib.suppress(ValueError):
+                killed = signals.Signals(-codes[0]).name
+        elif codes:
+            code = codes[0]
+    else:
+        killed = killed.group(1) if killed else None
+        code = code.group(1) if code else None
+    if killed:
+        how = f"was killed by {killed}" + (" (out of memory?)" if killed in ("Killed", "SIGKILL") else "")
+        if "Bus error" in killed or "SIGBUS" in killed:
+            how += " (out of shared memory? raise the /dev/shm limit)"
+    elif code is not None:
+        how = f"exited with code {code}"
+    else:
+        how = "exited unexpectedly"
+    return DataError(f"{option}: DataLoader worker{pid_text} {how}{where}; rerun with --workers 0 to see "
+                     f"the error in the main process")
 
 
 def confusion_matrix(targets: list[int], predictions: list[int], num_classes: int) -> list[list[int]]:
@@ -162,6 +306,7 @@ def new_run_dir(model: str, root: str = RUNS_DIR) -> Path:
 
 
 def _clean_stale_temp_files(run_dir: Path) -> None:
+    """Remove the ``.NAME.*.tmp`` files a killed save left behind (the real files are intact)."""
     for tmp in run_dir.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -172,11 +317,16 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accur
 
 def write_metrics(history: list[dict], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(history)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _epoch_table(first: bool):
@@ -191,7 +341,25 @@ def _epoch_table(first: bool):
 
 def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | None = None,
         show_progress: bool = True, console=None) -> dict:
-    """Train ``config.model`` on ``config.data``; returns the run's summary (JSON-ready)."""
+    """Train ``config.model`` on ``config.data``; returns the run's summary (JSON-ready).
+
+    ``best.pt`` and ``last.pt`` are saved atomically after each epoch, never with weights that are
+    not finite. ``resume`` continues from a run's ``last.pt`` exactly as if it had not stopped
+    (same seed, ``--workers 0``; with worker processes the augmentation's random numbers differ,
+    as persistent workers cannot be re-seeded where they were).
+
+    SIGINT or SIGTERM (see :class:`~cvkit.interrupts.GracefulStop`) during the train phase stops
+    after the current optimizer step and saves ``last.pt`` with the weights, optimizer and scaler
+    of that moment, ``epoch`` = the last completed epoch, ``rng`` = the random state at the start
+    of the stopped epoch, and ``interrupted`` = {epoch, step, steps, batch_size, images, totals
+    (running loss and accuracy sums), rng (the random state at the stop), signal}. ``--resume``
+    then replays the stopped epoch's first ``step`` batches through the loader without training
+    on them and continues at the next step: no finished step is lost or done twice. (If the data or
+    batch size changed, the stopped epoch restarts from its first batch with the saved weights.)
+    During validation or a save, the epoch is finished and saved first. Then
+    :class:`~cvkit.interrupts.TrainingStopped` says how to resume (exit 130 / 143); a second
+    signal aborts at once, leaving the last saved checkpoint.
+    """
     import torch
 
     plugins = plugins or get_plugins()
@@ -251,6 +419,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     history: list[dict] = []
+    interrupted = None
     best = {"epoch": 0, "val_accuracy": -1.0}
     start_epoch = 1
     best_confusion = None
@@ -267,6 +436,13 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         if best_file.exists():
             best_confusion = (load_checkpoint(best_file).get("metrics") or {}).get("confusion_matrix")
         _set_rng_state(checkpoint.get("rng"), train_loader)
+        interrupted = checkpoint.get("interrupted")
+        if interrupted and (interrupted.get("steps"), interrupted.get("batch_size"), interrupted.get("images")) != (
+                len(train_loader), config.batch_size, len(splits.train)):
+            ui.warn(f"--resume {resume}: epoch {interrupted['epoch']} stopped after step {interrupted['step']}, "
+                    f"but the training images or --batch-size differ now; that epoch starts again from its "
+                    f"first batch, with the weights saved at the stop")
+            interrupted = None
     else:
         run_dir = Path(config.out) if config.out else new_run_dir(config.model)
         if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
@@ -276,11 +452,13 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     except OSError as exc:
         raise UsageError(f"--out {run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
     _clean_stale_temp_files(run_dir)
-    write_config(config, run_dir / "config.yaml")
+    with _writing(run_dir / "config.yaml"):
+        write_config(config, run_dir / "config.yaml")
     if splits.layout.get("layout") == "split":
         import json
 
-        (run_dir / "split.json").write_text(json.dumps(splits.layout, indent=1))
+        with _writing(run_dir / "split.json"):
+            (run_dir / "split.json").write_text(json.dumps(splits.layout, indent=1))
 
     config_record = {**config.as_dict(), "out": str(run_dir)}
     run_record = {"device": str(device), "precision": precision, "workers": workers,
@@ -294,56 +472,119 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
             f"{len(splits.val)} val images, {len(classes)} classes, {device} {precision}, "
             f"batch {config.batch_size}, workers {workers}"
             + (f", {frozen:,} frozen parameters" if frozen else "") + f" -> {run_dir}")
+        if interrupted:
+            console.print(f"continuing epoch {interrupted['epoch']} after step {interrupted['step']} of "
+                          f"{interrupted['steps']} (its first batches are read again, not trained on)")
 
     patience_left = config.patience
     epochs_run = 0
     train_images, train_seconds = 0, 0.0
+    last_file = run_dir / "last.pt"
+    resume_hint = f"continue with: cvkit train --resume {shlex.quote(str(run_dir))}"
+    holds = None  # what last.pt holds, for the message of an abort
+    if checkpoint is not None:
+        holds = f"epoch {start_epoch - 1}" + (f" and step {interrupted['step']} of epoch {start_epoch}"
+                                              if interrupted else "")
+
+    def save_point(payload, epoch, best_too=False):
+        bad = first_nonfinite(payload["model_state"].items())
+        if bad is not None:  # never save, or keep as best, weights that are not finite
+            raise NumericalError(f"weight {bad} is not finite in epoch {epoch}; not saved"
+                                 + (f" ({last_file} keeps {holds})" if holds else "") + "; try a lower --lr")
+        if best_too:  # best.pt: the weights of the best validation accuracy so far
+            save_checkpoint(payload, run_dir / "best.pt")
+        save_checkpoint(payload, last_file)
+
+    epoch = start_epoch
     progress = ui.make_progress(enabled=show_progress, console=console)
-    with progress:
-        for epoch in range(start_epoch, config.epochs + 1):
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            tr = run_phase(model, train_loader, loss_fn, device=device, precision=precision,
-                           optimizer=optimizer, scaler=scaler, progress=progress,
-                           description=f"epoch {epoch}/{config.epochs} train", epoch=epoch)
-            va = run_phase(model, val_loader, loss_fn, device=device, precision=precision,
-                           progress=progress, description=f"epoch {epoch}/{config.epochs} val",
-                           epoch=epoch, collect=True)
-            if scheduler is not None:
-                scheduler.step()
-            epochs_run += 1
-            train_images += tr["images"]
-            train_seconds += tr["seconds"]
-            improved = va["accuracy"] > best["val_accuracy"]
-            row = {"epoch": epoch, "train_loss": round(tr["loss"], 6), "train_accuracy": round(tr["accuracy"], 6),
-                   "val_loss": round(va["loss"], 6), "val_accuracy": round(va["accuracy"], 6), "lr": lr,
-                   "seconds": round(time.perf_counter() - t0, 3), "best": improved}
-            history.append(row)
-            confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
-            if improved:
-                best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
-                best_confusion = confusion
-            payload = make_checkpoint(
-                model=model, spec=spec, classes=classes, transform_name=transform_name, transform=eval_tf,
-                config=config_record, run=run_record, epoch=epoch, history=history, optimizer=optimizer,
-                scheduler=scheduler, scaler=scaler, best=best, rng=_rng_state(train_loader),
-                metrics={**row, "confusion_matrix": confusion})
-            if improved:  # best.pt: the weights of the best validation accuracy so far
-                save_checkpoint(payload, run_dir / "best.pt")
-            save_checkpoint(payload, run_dir / "last.pt")
-            write_metrics(history, run_dir / "metrics.csv")
-            if show_progress:
-                table = _epoch_table(first=epoch == start_epoch)
-                table.add_row(f"{epoch}/{config.epochs}", f"{tr['loss']:.4f}", f"{tr['accuracy']:.3f}",
-                              f"{va['loss']:.4f}", f"{va['accuracy']:.3f}", f"{lr:.2g}",
-                              f"{row['seconds']:.1f}s", "[green]best[/]" if improved else "")
-                console.print(table)
-            if config.patience:
-                patience_left = config.patience if improved else patience_left - 1
-                if patience_left <= 0:
-                    if show_progress:
-                        console.print(f"early stop: no better val accuracy for {config.patience} epochs")
-                    break
+    try:
+        with progress, GracefulStop() as stop:
+            for epoch in range(start_epoch, config.epochs + 1):
+                t0 = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                epoch_rng = _rng_state(train_loader)  # a last.pt saved in this epoch replays from here
+                tr = run_phase(model, train_loader, loss_fn, device=device, precision=precision,
+                               optimizer=optimizer, scaler=scaler, progress=progress,
+                               description=f"epoch {epoch}/{config.epochs} train", epoch=epoch, stop=stop,
+                               resume=interrupted if epoch == start_epoch else None)
+                rng_after_train = _rng_state(train_loader)  # where a stopped epoch continues
+                va = None
+                if "stopped_at" not in tr:
+                    va = run_phase(model, val_loader, loss_fn, device=device, precision=precision,
+                                   progress=progress, description=f"epoch {epoch}/{config.epochs} val",
+                                   epoch=epoch, collect=True, stop=stop)
+                if "stopped_at" in tr or "stopped_at" in va:  # save the train steps done in this epoch
+                    step = tr.get("stopped_at", len(train_loader))
+                    record = {"epoch": epoch, "step": step, "steps": len(train_loader),
+                              "batch_size": config.batch_size, "images": len(splits.train),
+                              "totals": tr["totals"], "rng": rng_after_train,
+                              "signal": signal_name(stop.requested)}
+                    payload = make_checkpoint(
+                        model=model, spec=spec, classes=classes, transform_name=transform_name, transform=eval_tf,
+                        config=config_record, run=run_record, epoch=epoch - 1, history=history,
+                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best, rng=epoch_rng,
+                        metrics={"epoch": epoch, "step": step, "train_loss": tr["loss"],
+                                 "train_accuracy": tr["accuracy"]},
+                        interrupted=record)
+                    save_point(payload, epoch)
+                    raise TrainingStopped(
+                        f"{signal_name(stop.requested)}: stopped in epoch {epoch} after step {step} of "
+                        f"{len(train_loader)}; saved {last_file}; {resume_hint}", stop.requested)
+                if scheduler is not None:
+                    with warnings.catch_warnings():
+                        # cvkit steps the scheduler after the epoch's optimizer steps; torch warns
+                        # anyway when a resumed epoch had no steps left in this process
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                        scheduler.step()
+                epochs_run += 1
+                train_images += tr["images"]
+                train_seconds += tr["seconds"]
+                improved = va["accuracy"] > best["val_accuracy"]
+                row = {"epoch": epoch, "train_loss": round(tr["loss"], 6),
+                       "train_accuracy": round(tr["accuracy"], 6), "val_loss": round(va["loss"], 6),
+                       "val_accuracy": round(va["accuracy"], 6), "lr": lr,
+                       "seconds": round(time.perf_counter() - t0, 3), "best": improved}
+                confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
+                new_best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
+                payload = make_checkpoint(
+                    model=model, spec=spec, classes=classes, transform_name=transform_name, transform=eval_tf,
+                    config=config_record, run=run_record, epoch=epoch, history=[*history, row],
+                    optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                    best=new_best if improved else best, rng=_rng_state(train_loader),
+                    metrics={**row, "confusion_matrix": confusion})
+                save_point(payload, epoch, best_too=improved)
+                holds = f"epoch {epoch}"
+                history.append(row)
+                if improved:
+                    best, best_confusion = new_best, confusion
+                with _writing(run_dir / "metrics.csv"):
+                    write_metrics(history, run_dir / "metrics.csv")
+                if show_progress:
+                    table = _epoch_table(first=epoch == start_epoch)
+                    table.add_row(f"{epoch}/{config.epochs}", f"{tr['loss']:.4f}", f"{tr['accuracy']:.3f}",
+                                  f"{va['loss']:.4f}", f"{va['accuracy']:.3f}", f"{lr:.2g}",
+                                  f"{row['seconds']:.1f}s", "[green]best[/]" if improved else "")
+                    console.print(table)
+                if config.patience:
+                    patience_left = config.patience if improved else patience_left - 1
+                    if patience_left <= 0:
+                        if show_progress:
+                            console.print(f"early stop: no better val accuracy for {config.patience} epochs")
+                        break
+                if stop.requested and epoch < config.epochs:  # came during validation or a save
+                    raise TrainingStopped(
+                        f"{signal_name(stop.requested)}: stopped after epoch {epoch} of {config.epochs}; "
+                        f"saved {last_file}; {resume_hint}", stop.requested)
+    except Interrupted as exc:  # a second signal: no more saving
+        raise TrainingStopped(
+            f"{exc.message()} again: aborted in epoch {epoch}; "
+            + (f"{last_file} holds {holds}; {resume_hint}" if holds else "nothing was saved yet"),
+            exc.signum) from None
+    except RuntimeError as exc:  # a dead DataLoader worker can surface outside run_phase too
+        problem = loader_failure(exc, train_loader, f"epoch {epoch}")
+        if problem is None:
+            raise
+        raise problem from None
 
     _write_reports(run_dir, history, best_confusion, classes)
     seconds = time.perf_counter() - started
@@ -372,10 +613,21 @@ def _write_reports(run_dir: Path, history: list[dict], confusion, classes) -> No
     from cvkit import reports
 
     if history:
-        reports.plot_curves(history, run_dir / "curves.png")
+        with _writing(run_dir / "curves.png"):
+            reports.plot_curves(history, run_dir / "curves.png")
     if confusion is not None:
-        reports.plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png",
-                                      title="Validation confusion matrix (best model)")
+        with _writing(run_dir / "confusion_matrix.png"):
+            reports.plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png",
+                                          title="Validation confusion matrix (best model)")
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """An OSError writing a run file (disk full, read-only folder) is one line naming it, exit 4."""
+    try:
+        yield
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _print_summary(summary: dict, console) -> None:
