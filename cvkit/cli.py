@@ -197,6 +197,8 @@ def make_app(plugins=None) -> typer.Typer:
             raise typer.BadParameter("choose one of --csv and --json")
         report = predict_images(images, checkpoint=checkpoint, top_k=top_k, batch_size=batch_size,
                                 device=device, precision=precision, grid=grid)
+        for item in report["skipped"]:  # on stderr, so --json and --csv stay clean
+            ui.warn(f"skipped {item['path']}: {item['reason']}")
         if json:
             ui.print_json([{"path": r["path"], "predictions": r["predictions"]} for r in report["results"]])
         elif csv:

@@ -14,12 +14,18 @@ from cvkit.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-def load_image(path):
+def load_image(path, *, min_side: int | None = None):
+    """Read one image. ``min_side``: the smallest shorter side the caller needs; a JPEG much larger
+    than that is decoded at a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``), which is several
+    times faster and never goes below ``min_side``."""
     from PIL import Image, ImageOps
 
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+                scale = min(img.size) / min_side
+                img.draft(img.mode, (max(1, round(img.size[0] / scale)), max(1, round(img.size[1] / scale))))
             img.load()
             img = ImageOps.exif_transpose(img)
             return _normalise_mode(img)
