@@ -23,6 +23,7 @@ class ModelSpec:
     std: tuple[float, ...]
     default_transforms: str | None
     help: str
+    head: str | None = None  # the final classifier layer's attribute, when the plugin names it
 
     @classmethod
     def from_entry(cls, entry: Entry) -> "ModelSpec":
@@ -30,6 +31,7 @@ class ModelSpec:
             name=entry.name, plugin=entry.plugin, input_size=entry.meta["input_size"],
             mean=entry.meta["mean"], std=entry.meta["std"],
             default_transforms=entry.meta.get("default_transforms"), help=entry.help,
+            head=entry.meta.get("head"),
         )
 
 

@@ -275,6 +275,10 @@ def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugi
         raise PluginError(f"{option} {path}: its transforms are not available ({exc})") from None
     if device is not None:
         model.to(device)
+    from cvkit.accel import to_channels_last, use_channels_last
+
+    if use_channels_last(model):
+        to_channels_last(model)
     model.eval()
     return model, ckpt, spec, transform, path
 

@@ -24,16 +24,21 @@ def register_models(register):
 
     ``build(num_classes: int, weights: str | None, **options) -> torch.nn.Module``. ``input_size`` is
     ``(channels, height, width)``; ``mean`` and ``std`` (one value per channel) are the normalisation
-    the model expects; ``default_transforms`` names the transforms used when the user names none.
+    the model expects; ``default_transforms`` names the transforms used when the user names none;
+    ``head`` (optional) names the attribute of the final classifier layer, promising that
+    ``forward(x)`` equals ``head(f(x))`` where ``f`` is the model with that layer replaced by
+    ``nn.Identity()``: with a frozen backbone, cvkit may then cache ``f(x)``.
     """
 
 
 @hookspec
 def register_transforms(register):
-    """Register image transforms: ``register(name, build, *, help="")``.
+    """Register image transforms: ``register(name, build, *, help="", deterministic=False)``.
 
     ``build(*, train: bool, input_size: tuple[int, int, int], mean, std, **options)`` returns a
-    callable ``PIL.Image -> Tensor[C, H, W]``.
+    callable ``PIL.Image -> Tensor[C, H, W]``. The eval transform (``train=False``) must be
+    deterministic; ``deterministic=True`` says the train transform is too, so cvkit may cache its
+    results across epochs.
     """
 
 

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cvkit import ui
+from cvkit.accel import (CachedSamples, cacheable_head, caches_enabled, extract_features, to_channels_last,
+                         use_channels_last)
 from cvkit.build import (ModelSpec, build_loss, build_model, build_optimizer, build_scheduler,
                          build_transform, model_spec)
 from cvkit.checkpoint import find_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
@@ -312,7 +314,8 @@ def _clean_stale_temp_files(run_dir: Path) -> None:
             tmp.unlink()
 
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "best"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                 "train_seconds", "best"]
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
@@ -398,6 +401,11 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                               f"from the data's {classes}")
 
     workers = resolve_workers(config.workers, len(splits.train))
+    deterministic = bool(plugins["transforms"].get(transform_name).meta.get("deterministic"))
+    if workers == 0 and caches_enabled():  # keep transformed samples where that cannot change them
+        if deterministic:
+            splits.train = CachedSamples(splits.train)
+        splits.val = CachedSamples(splits.val)
     train_loader = make_loader(splits.train, batch_size=config.batch_size, shuffle=True, workers=workers,
                                device=device, seed=config.seed)
     val_loader = make_loader(splits.val, batch_size=config.batch_size, shuffle=False, workers=workers,
@@ -409,6 +417,9 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model_state"])
     model.to(device)
+    channels_last = use_channels_last(model)
+    if channels_last:
+        to_channels_last(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise UsageError(f"--model {config.model}: no trainable parameters")
@@ -460,9 +471,33 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         with _writing(run_dir / "split.json"):
             (run_dir / "split.json").write_text(json.dumps(splits.layout, indent=1))
 
+    # A frozen backbone under a deterministic transform gives the same features every epoch:
+    # compute them once, then each epoch trains only the head on them.
+    phase_model, extract_seconds = model, 0.0
+    head = cacheable_head(model, spec.head, deterministic)
+    if head is not None:
+        from torch.utils.data import TensorDataset
+
+        t0 = time.perf_counter()
+        plain_train = make_loader(splits.train, batch_size=config.batch_size, shuffle=False, workers=workers,
+                                  device=device)
+        train_features = TensorDataset(*extract_features(model, head, plain_train, device=device,
+                                                         precision=precision))
+        val_features = TensorDataset(*extract_features(model, head, val_loader, device=device,
+                                                       precision=precision))
+        extract_seconds = time.perf_counter() - t0
+        phase_model = getattr(model, head)
+        train_loader = make_loader(train_features, batch_size=config.batch_size, shuffle=True, workers=0,
+                                   device=device, seed=config.seed)
+        val_loader = make_loader(val_features, batch_size=config.batch_size, shuffle=False, workers=0,
+                                 device=device)
+        if checkpoint is not None:
+            _set_rng_state(checkpoint.get("rng"), train_loader)
+
     config_record = {**config.as_dict(), "out": str(run_dir)}
     run_record = {"device": str(device), "precision": precision, "workers": workers,
-                  "transforms": transform_name, "layout": splits.layout.get("layout")}
+                  "transforms": transform_name, "layout": splits.layout.get("layout"),
+                  "channels_last": channels_last, "cached_features": head is not None}
     if not show_progress:
         console = ui.err if console is ui.out else console
     if show_progress:
@@ -503,14 +538,14 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                 t0 = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
                 epoch_rng = _rng_state(train_loader)  # a last.pt saved in this epoch replays from here
-                tr = run_phase(model, train_loader, loss_fn, device=device, precision=precision,
+                tr = run_phase(phase_model, train_loader, loss_fn, device=device, precision=precision,
                                optimizer=optimizer, scaler=scaler, progress=progress,
                                description=f"epoch {epoch}/{config.epochs} train", epoch=epoch, stop=stop,
                                resume=interrupted if epoch == start_epoch else None)
                 rng_after_train = _rng_state(train_loader)  # where a stopped epoch continues
                 va = None
                 if "stopped_at" not in tr:
-                    va = run_phase(model, val_loader, loss_fn, device=device, precision=precision,
+                    va = run_phase(phase_model, val_loader, loss_fn, device=device, precision=precision,
                                    progress=progress, description=f"epoch {epoch}/{config.epochs} val",
                                    epoch=epoch, collect=True, stop=stop)
                 if "stopped_at" in tr or "stopped_at" in va:  # save the train steps done in this epoch
@@ -538,12 +573,14 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                         scheduler.step()
                 epochs_run += 1
                 train_images += tr["images"]
-                train_seconds += tr["seconds"]
+                extra = extract_seconds if epochs_run == 1 else 0.0  # feature extraction counts in epoch one
+                train_seconds += tr["seconds"] + extra
                 improved = va["accuracy"] > best["val_accuracy"]
                 row = {"epoch": epoch, "train_loss": round(tr["loss"], 6),
                        "train_accuracy": round(tr["accuracy"], 6), "val_loss": round(va["loss"], 6),
                        "val_accuracy": round(va["accuracy"], 6), "lr": lr,
-                       "seconds": round(time.perf_counter() - t0, 3), "best": improved}
+                       "seconds": round(time.perf_counter() - t0 + extra, 3),
+                       "train_seconds": round(tr["seconds"] + extra, 3), "best": improved}
                 confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
                 new_best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
                 payload = make_checkpoint(

@@ -60,8 +60,10 @@ def build_frozen(num_classes: int, weights: str | None = "imagenet"):
 
 @cvkit.hookimpl
 def register_models(register):
+    # head="fc": forward(x) == fc(the rest of the net with fc replaced by Identity), so cvkit may
+    # cache the frozen backbone's features when the training transform is deterministic
     common = dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  default_transforms="chapter")
+                  default_transforms="chapter", head="fc")
     register("resnet18-finetune", build_finetune, **common,
              help="torchvision resnet18 with a new fc; every parameter trains")
     register("resnet18-frozen", build_frozen, **common,

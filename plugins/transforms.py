@@ -46,5 +46,5 @@ def build_plain(*, train: bool, input_size, mean, std):
 def register_transforms(register):
     register("chapter", build_chapter,
              help="train: RandomResizedCrop + RandomHorizontalFlip; eval: Resize(size*256/224) + CenterCrop; then Normalize")
-    register("plain", build_plain,
+    register("plain", build_plain, deterministic=True,
              help="deterministic Resize + CenterCrop + Normalize, for train and eval")

@@ -74,8 +74,11 @@ def _same(a, b, where="") -> None:
         assert a == b, (where, a, b)
 
 
+TIMES = ("seconds", "train_seconds")
+
+
 def _without_times(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMES} for row in rows]
 
 
 def _assert_same_training(a: dict, b: dict) -> None:
@@ -84,8 +87,8 @@ def _assert_same_training(a: dict, b: dict) -> None:
                 "interrupted"):
         _same(a[key], b[key], key)
     _same(_without_times(a["history"]), _without_times(b["history"]), "history")
-    _same({k: v for k, v in a["metrics"].items() if k != "seconds"},
-          {k: v for k, v in b["metrics"].items() if k != "seconds"}, "metrics")
+    _same({k: v for k, v in a["metrics"].items() if k not in TIMES},
+          {k: v for k, v in b["metrics"].items() if k not in TIMES}, "metrics")
 
 
 def _signal_at_loss_call(monkeypatch, calls: dict[int, list[int]]) -> None:

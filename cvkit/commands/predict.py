@@ -88,12 +88,15 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
     classes = list(ckpt["classes"])
     k = min(top_k, len(classes))
+    # large JPEGs decode at a reduced scale that still leaves every side above what the transform
+    # resizes to (the chapter's eval Resize is 256/224 of the input size)
+    min_side = round(max(spec.input_size[1:]) * 256 / 224)
     results, shown = [], []
     for start in range(0, len(paths), batch_size):
         chunk, tensors = [], []
         for p in paths[start:start + batch_size]:
             try:
-                picture = load_image(p)
+                picture = load_image(p, min_side=min_side)
             except DataError as exc:  # one unreadable file does not stop the others
                 reason = str(exc)
                 skipped.append({"path": str(p), "reason": reason.removeprefix(f"{p}: ")})
