@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# The benchmark of docs/performance.md: cvkit against the plain chapter loop, on data it draws into
+# .bench-data/ (about 11 minutes on 2 quiet CPU cores). `make bench BENCH_ARGS=--quick` checks the
+# harness in about 2 minutes; raw numbers go to runs/bench-results.json.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python benchmarks/run.py --out runs/bench-results.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
