@@ -580,7 +580,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                        "train_accuracy": round(tr["accuracy"], 6), "val_loss": round(va["loss"], 6),
                        "val_accuracy": round(va["accuracy"], 6), "lr": lr,
                        "seconds": round(time.perf_counter() - t0 + extra, 3),
-                       "train_seconds": round(tr["seconds"] + extra, 3), "best": improved}
+                       "train_seconds": round(tr["seconds"] + extra, 6), "best": improved}
                 confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
                 new_best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
                 payload = make_checkpoint(
