@@ -89,7 +89,20 @@ def build_scheduler(name: str, optimizer, *, epochs: int, options: dict | None =
 
 
 def build_dataset(name: str, root: str, *, split: str, transform, options: dict | None = None,
-                  plugins: Plugins | None = None):
+                  min_side: int | None = None, plugins: Plugins | None = None):
+    """The dataset ``name``; ``min_side`` (see :func:`decode_min_side`) goes to factories that
+    take a ``min_side`` keyword, so they may decode large images at a reduced scale."""
+    import inspect
+
     plugins = plugins or get_plugins()
-    return plugins["datasets"].get(name, option="--dataset").create(
-        root, split=split, transform=transform, options=options)
+    entry = plugins["datasets"].get(name, option="--dataset")
+    hints = {}
+    if min_side and "min_side" in inspect.signature(entry.build).parameters:
+        hints["min_side"] = min_side
+    return entry.create(root, split=split, transform=transform, options=options, **hints)
+
+
+def decode_min_side(spec: ModelSpec) -> int:
+    """The shorter image side the built-in transforms need at least: the chapter's eval Resize is
+    256/224 of the input size, and its RandomResizedCrop output is the input size."""
+    return round(max(spec.input_size[1:]) * 256 / 224)

@@ -85,7 +85,8 @@ def check_classes(train_classes, val_classes, root: str) -> None:
 
 
 def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val_split: float | None = None,
-                seed: int = 0, options: dict | None = None, on_bad_image: str = "error", plugins=None) -> Splits:
+                seed: int = 0, options: dict | None = None, on_bad_image: str = "error",
+                min_side: int | None = None, plugins=None) -> Splits:
     """The train and val datasets of ``root``.
 
     For the ``imagefolder`` format the cheap part of ``cvkit data check`` runs first (layout, class
@@ -105,18 +106,18 @@ def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val
             raise DataError(report["errors"][0])
     if layout == "folders":
         train = build_dataset(dataset, root, split="train", transform=train_transform, options=options,
-                              plugins=plugins)
+                              min_side=min_side, plugins=plugins)
         val = build_dataset(dataset, root, split="val", transform=eval_transform, options=options,
-                            plugins=plugins)
+                            min_side=min_side, plugins=plugins)
         check_classes(train.classes, val.classes, root)
         info = {"layout": "folders", "root": root}
         if on_bad_image == "skip":
             info["skipped"] = drop_unreadable([train], [val])
     else:
         full_train = build_dataset(dataset, root, split=None, transform=train_transform, options=options,
-                                   plugins=plugins)
+                                   min_side=min_side, plugins=plugins)
         full_val = build_dataset(dataset, root, split=None, transform=eval_transform, options=options,
-                                 plugins=plugins)
+                                 min_side=min_side, plugins=plugins)
         skipped = drop_unreadable([full_train, full_val]) if on_bad_image == "skip" else None
         train_idx, val_idx = stratified_split(_targets(full_train), val_split, seed)
         train, val = Subset(full_train, train_idx), Subset(full_val, val_idx)

@@ -72,7 +72,9 @@ def register_datasets(register):
     """Register dataset formats: ``register(name, build, *, help="")``.
 
     ``build(root: str, *, split: str, transform, **options)`` returns a torch Dataset yielding
-    ``(tensor, int)`` pairs, with a ``.classes`` list of class names in label order.
+    ``(tensor, int)`` pairs, with a ``.classes`` list of class names in label order. A factory that
+    takes a ``min_side`` keyword gets the smallest image side the model's transforms need, so it
+    may decode large images at a reduced scale.
     """
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from cvkit import ui
 from cvkit.accel import (CachedSamples, cacheable_head, caches_enabled, extract_features, to_channels_last,
                          use_channels_last)
-from cvkit.build import (ModelSpec, build_loss, build_model, build_optimizer, build_scheduler,
+from cvkit.build import (ModelSpec, decode_min_side, build_loss, build_model, build_optimizer, build_scheduler,
                          build_transform, model_spec)
 from cvkit.checkpoint import find_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from cvkit.config import TrainConfig, write_config
@@ -393,7 +393,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     loss_fn = build_loss(config.loss, options=opts.get("loss"), plugins=plugins)
     splits = load_splits(config.data, dataset=config.dataset, train_transform=train_tf, eval_transform=eval_tf,
                          val_split=config.val_split, seed=config.seed, options=opts.get("dataset"),
-                         on_bad_image=config.on_bad_image, plugins=plugins)
+                         on_bad_image=config.on_bad_image, min_side=decode_min_side(spec), plugins=plugins)
     skipped = splits.layout.get("skipped") or []
     classes = splits.classes
     if checkpoint is not None and checkpoint["classes"] != classes:

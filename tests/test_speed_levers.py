@@ -95,3 +95,16 @@ def test_reduced_jpeg_decoding_keeps_the_transform_input(tmp_path):
     a, b = tf(full), tf(small)
     assert a.shape == b.shape == (3, 224, 224)
     assert (a - b).abs().mean() < 0.05  # normalised units: the same picture, decoded at half scale
+
+
+def test_dataset_factories_get_the_decode_hint(tmp_path):
+    from cvkit.build import build_dataset, decode_min_side, model_spec
+
+    for split in ("train", "val"):
+        (tmp_path / split / "sky").mkdir(parents=True)
+        Image.new("RGB", (1200, 900), (90, 140, 220)).save(tmp_path / split / "sky" / "a.jpg")
+    hint = decode_min_side(model_spec("resnet18-frozen"))
+    assert hint == 256
+    reduced = build_dataset("imagefolder", str(tmp_path), split="train", transform=None, min_side=hint)
+    full = build_dataset("imagefolder", str(tmp_path), split="train", transform=None)
+    assert reduced[0][0].size == (600, 450) and full[0][0].size == (1200, 900)

@@ -74,6 +74,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
                    plugins=None) -> dict:
     import torch
 
+    from cvkit.build import decode_min_side
     from cvkit.checkpoint import restore_model
     from cvkit.device import resolve_device, resolve_precision
     from cvkit.train import autocast
@@ -88,9 +89,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
     classes = list(ckpt["classes"])
     k = min(top_k, len(classes))
-    # large JPEGs decode at a reduced scale that still leaves every side above what the transform
-    # resizes to (the chapter's eval Resize is 256/224 of the input size)
-    min_side = round(max(spec.input_size[1:]) * 256 / 224)
+    min_side = decode_min_side(spec)  # large JPEGs decode at a reduced scale, never below this
     results, shown = [], []
     for start in range(0, len(paths), batch_size):
         chunk, tensors = [], []
