@@ -274,16 +274,22 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
     return report
 
 
-def resolve_workers(workers, num_images: int) -> int:
-    """``auto``: no worker processes for small sets or 2-core machines, where starting and feeding
-    workers costs more than decoding in the main process; else up to 8, leaving one core free."""
+SMALL_INPUT_SIDE = 64  # model inputs up to this side are cheap to decode and transform
+
+
+def resolve_workers(workers, num_images: int, input_size=None) -> int:
+    """``auto``: no worker processes for small inputs (e.g. 32x32) or tiny sets, where starting and
+    feeding workers costs more than it saves (and the in-memory sample cache needs the main
+    process); else 2 to 8 (one core left free above 2 cores). Measured on 2 cores: resnet18 at
+    224x224 with the chapter's augmentation trained at 64-78 images/s with 2 workers against
+    57-59 with none (benchmarks/, docs/performance.md)."""
     from cvkit.device import cpu_count
 
     if workers == "auto" or workers is None:
-        cores = cpu_count()
-        if cores <= 2 or num_images < 512:
+        side = max(input_size[1:]) if input_size else 0
+        if side <= SMALL_INPUT_SIDE or num_images < 64:
             return 0
-        return min(8, cores - 1)
+        return min(8, max(2, cpu_count() - 1))
     workers = int(workers)
     if workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more (or auto)")

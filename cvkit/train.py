@@ -400,7 +400,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         raise CheckpointError(f"--resume {resume}: the checkpoint's classes {checkpoint['classes']} differ "
                               f"from the data's {classes}")
 
-    workers = resolve_workers(config.workers, len(splits.train))
+    workers = resolve_workers(config.workers, len(splits.train), spec.input_size)
     deterministic = bool(plugins["transforms"].get(transform_name).meta.get("deterministic"))
     if workers == 0 and caches_enabled():  # keep transformed samples where that cannot change them
         if deterministic:

@@ -108,3 +108,16 @@ def test_dataset_factories_get_the_decode_hint(tmp_path):
     reduced = build_dataset("imagefolder", str(tmp_path), split="train", transform=None, min_side=hint)
     full = build_dataset("imagefolder", str(tmp_path), split="train", transform=None)
     assert reduced[0][0].size == (600, 450) and full[0][0].size == (1200, 900)
+
+
+def test_workers_auto_follows_the_input_size(monkeypatch):
+    import cvkit.device
+    from cvkit.data import resolve_workers
+
+    monkeypatch.setattr(cvkit.device, "cpu_count", lambda: 2)
+    assert resolve_workers("auto", 5000, (1, 32, 32)) == 0  # tiny inputs: the main process is faster
+    assert resolve_workers("auto", 240, (3, 224, 224)) == 2  # decoding photos overlaps the model
+    assert resolve_workers("auto", 20, (3, 224, 224)) == 0  # too few images to pay for the start
+    monkeypatch.setattr(cvkit.device, "cpu_count", lambda: 16)
+    assert resolve_workers("auto", 240, (3, 224, 224)) == 8
+    assert resolve_workers(3, 10, (1, 32, 32)) == 3  # a number is taken as given

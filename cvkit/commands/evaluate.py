@@ -79,7 +79,8 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     loss_fn = build_loss((ckpt.get("config") or {}).get("loss") or "cross-entropy",
                          options=options.get("loss"), plugins=plugins)
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False,
-                         workers=resolve_workers(parse_workers(workers), len(dataset)), device=dev)
+                         workers=resolve_workers(parse_workers(workers), len(dataset), spec.input_size),
+                         device=dev)
     topk = 5 if len(classes) > 5 else 1
     with ui.make_progress(enabled=show_progress) as progress:
         result = run_phase(model, loader, loss_fn, device=dev, precision=prec, progress=progress,
