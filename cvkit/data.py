@@ -72,16 +72,21 @@ def _targets(dataset) -> list[int]:
     return [int(t) for t in targets]
 
 
+def class_difference(train_classes, val_classes, root: str) -> str | None:
+    """The error when train and val do not hold the same classes in the same order, else None."""
+    if list(train_classes) == list(val_classes):
+        return None
+    only_train = sorted(set(train_classes) - set(val_classes))
+    only_val = sorted(set(val_classes) - set(train_classes))
+    parts = ([f"only in train: {', '.join(only_train)}"] if only_train else []) + (
+        [f"only in val: {', '.join(only_val)}"] if only_val else [])
+    return f"{root}: train and val have different classes ({'; '.join(parts) or 'order differs'})"
+
+
 def check_classes(train_classes, val_classes, root: str) -> None:
-    if list(train_classes) != list(val_classes):
-        only_train = sorted(set(train_classes) - set(val_classes))
-        only_val = sorted(set(val_classes) - set(train_classes))
-        parts = []
-        if only_train:
-            parts.append(f"only in train: {', '.join(only_train)}")
-        if only_val:
-            parts.append(f"only in val: {', '.join(only_val)}")
-        raise DataError(f"{root}: train and val have different classes ({'; '.join(parts) or 'order differs'})")
+    message = class_difference(train_classes, val_classes, root)
+    if message:
+        raise DataError(message)
 
 
 def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val_split: float | None = None,
@@ -228,13 +233,9 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
                 errors.append(f"{os.path.join(split['path'], cls)}: empty class folder (no images); remove it "
                               f"or pass --opt dataset.allow_empty=true")
     if layout == "folders":
-        check = list(splits["train"]["classes"]), list(splits["val"]["classes"])
-        if check[0] != check[1]:
-            only_train = sorted(set(check[0]) - set(check[1]))
-            only_val = sorted(set(check[1]) - set(check[0]))
-            parts = ([f"only in train: {', '.join(only_train)}"] if only_train else []) + (
-                [f"only in val: {', '.join(only_val)}"] if only_val else [])
-            errors.append(f"{root}: train and val have different classes ({'; '.join(parts)})")
+        message = class_difference(splits["train"]["classes"], splits["val"]["classes"], root)
+        if message:
+            errors.append(message)
     counts = {c: len(f) for c, f in next(iter(splits.values()))["classes"].items()}
     nonzero = [n for n in counts.values() if n]
     if nonzero and max(nonzero) > IMBALANCE_WARNING * min(nonzero):
