@@ -622,6 +622,8 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         if problem is None:
             raise
         raise problem from None
+    finally:
+        _stop_workers(train_loader, val_loader)
 
     _write_reports(run_dir, history, best_confusion, classes)
     seconds = time.perf_counter() - started
@@ -644,6 +646,18 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     if show_progress:
         _print_summary(summary, console)
     return summary
+
+
+def _stop_workers(*loaders) -> None:
+    """Shut down the persistent DataLoader workers now, not at interpreter exit: after a signal to
+    the process group a worker may be dead already, and torch's own shutdown at exit would then
+    print a traceback for it after cvkit's one-line message."""
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            with contextlib.suppress(RuntimeError):  # "DataLoader worker ... is killed by signal"
+                iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def _write_reports(run_dir: Path, history: list[dict], confusion, classes) -> None:
