@@ -242,8 +242,10 @@ def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugi
     """Rebuild the model a cvkit checkpoint describes, with its weights and its eval transform.
 
     ``path`` is as for :func:`find_checkpoint`. Returns ``(model, checkpoint, spec, transform,
-    path)``; the model is in eval mode on ``device``. The input size and normalisation come from
-    the checkpoint itself, not today's registration.
+    path)``; the model is in eval mode on ``device``, for inference only: each BatchNorm is folded
+    into the convolution before it (exact in eval mode; see :func:`cvkit.accel.for_inference`), so
+    its modules and state dict keys may differ from the model's. The input size and normalisation
+    come from the checkpoint itself, not today's registration.
     """
     from cvkit.build import ModelSpec, build_model, build_transform
     from cvkit.errors import PluginError, UsageError
@@ -275,12 +277,9 @@ def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugi
         raise PluginError(f"{option} {path}: its transforms are not available ({exc})") from None
     if device is not None:
         model.to(device)
-    from cvkit.accel import to_channels_last, use_channels_last
+    from cvkit.accel import for_inference
 
-    if use_channels_last(model):
-        to_channels_last(model)
-    model.eval()
-    return model, ckpt, spec, transform, path
+    return for_inference(model), ckpt, spec, transform, path
 
 
 def find_checkpoint(value=None, *, option: str = "--checkpoint", name: str = "best.pt") -> Path:

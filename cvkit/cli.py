@@ -191,7 +191,7 @@ def make_app(plugins=None) -> typer.Typer:
         json: JsonOpt = False,
     ):
         """Predict the top-k classes of images with a trained checkpoint."""
-        from cvkit.commands.predict import predict_images, predictions_csv, render_predictions
+        from cvkit.commands.predict import predict_images, predict_summary, predictions_csv, render_predictions
 
         if csv and json:
             raise typer.BadParameter("choose one of --csv and --json")
@@ -205,6 +205,8 @@ def make_app(plugins=None) -> typer.Typer:
             sys.stdout.write(predictions_csv(report))
         else:
             render_predictions(report)
+        if json or csv:  # stdout holds only the data
+            ui.err.print(predict_summary(report), markup=False, highlight=False, soft_wrap=True)
 
     @app.command("preview", rich_help_panel="Train and use")
     def preview_cmd(

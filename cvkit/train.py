@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cvkit import ui
-from cvkit.accel import (CachedSamples, cacheable_head, caches_enabled, extract_features, to_channels_last,
-                         use_channels_last)
+from cvkit.accel import (CachedSamples, cache_decoded_images, cacheable_head, caches_enabled, extract_features, frozen_backbone_model,
+                         frozen_head, to_channels_last, use_channels_last)
 from cvkit.build import (ModelSpec, decode_min_side, build_loss, build_model, build_optimizer, build_scheduler,
                          build_transform, model_spec)
 from cvkit.checkpoint import find_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
@@ -493,11 +493,22 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                                  device=device)
         if checkpoint is not None:
             _set_rng_state(checkpoint.get("rng"), train_loader)
+    elif (frozen := frozen_head(model, spec.head)) is not None:
+        # random augmentation: the backbone runs every step, but fused and without autograd
+        phase_model = frozen_backbone_model(model, frozen, channels_last=channels_last)
+    decoded = None
+    if head is None:  # random augmentation: keep the decoded pictures of a small set in memory
+        decoded = cache_decoded_images([d for d in (splits.train, splits.val) if not isinstance(d, CachedSamples)],
+                                       workers=workers)
+        if decoded is not None:
+            extract_seconds = decoded["seconds"]  # counts in epoch one, like feature extraction
 
     config_record = {**config.as_dict(), "out": str(run_dir)}
     run_record = {"device": str(device), "precision": precision, "workers": workers,
                   "transforms": transform_name, "layout": splits.layout.get("layout"),
-                  "channels_last": channels_last, "cached_features": head is not None}
+                  "channels_last": channels_last, "cached_features": head is not None,
+                  "frozen_backbone": phase_model is not model and head is None,
+                  "decoded_images_kept": decoded["images"] if decoded else 0}
     if not show_progress:
         console = ui.err if console is ui.out else console
     if show_progress:

@@ -28,7 +28,8 @@ def _train(cli, data, out, *args):
 
 @pytest.mark.slow
 def test_cached_backbone_features_train_the_same_head(cli, shapes, tmp_path, monkeypatch):
-    args = ["--model", "resnet18-frozen", "--weights", "none", "--transforms", "plain"]
+    # fp32: the uncached run goes through the fused backbone, whose rounding differs in bf16
+    args = ["--model", "resnet18-frozen", "--weights", "none", "--transforms", "plain", "--precision", "fp32"]
     fast, cached = _train(cli, shapes, tmp_path / "cached", *args)
     monkeypatch.setenv("CVKIT_NO_CACHE", "1")
     slow, plain = _train(cli, shapes, tmp_path / "plain", *args)
@@ -121,3 +122,95 @@ def test_workers_auto_follows_the_input_size(monkeypatch):
     monkeypatch.setattr(cvkit.device, "cpu_count", lambda: 16)
     assert resolve_workers("auto", 240, (3, 224, 224)) == 8
     assert resolve_workers(3, 10, (1, 32, 32)) == 3  # a number is taken as given
+
+
+def _frozen_resnet(seed=0):
+    from cvkit_plugins.resnet_models import FrozenBackboneResNet18
+
+    torch.manual_seed(seed)
+    model = FrozenBackboneResNet18()
+    model.fc = torch.nn.Linear(512, 3)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+    for m in model.modules():  # BatchNorm statistics that are not the identity, so fusing matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_frozen_backbone_trains_the_head_the_same(channels_last):
+    from cvkit.accel import frozen_backbone_model, frozen_head, to_channels_last
+
+    model = _frozen_resnet()
+    if channels_last:
+        to_channels_last(model)
+    assert frozen_head(model, "fc") == "fc"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = frozen_backbone_model(model, "fc", channels_last=channels_last)
+    assert fast.head is model.fc  # the optimizer's parameters are the model's own
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())  # folded
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 1])
+    model.train()
+    fast.train()
+    torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+    grads = []
+    for m in (model, fast):
+        model.fc.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        grads.append(model.fc.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing moved
+    assert not any(p.requires_grad for p in fast.backbone.parameters())
+
+
+def test_a_backbone_whose_batchnorm_trains_is_not_frozen():
+    from cvkit.accel import frozen_head
+    from cvkit_plugins.resnet_models import ResNet18
+
+    model = ResNet18()  # requires_grad off outside fc, but train() would move BatchNorm statistics
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+    assert frozen_head(model, "fc") is None
+    assert frozen_head(_frozen_resnet(), None) is None
+    assert frozen_head(_frozen_resnet(), "head") is None  # no such attribute
+
+
+def test_frozen_resnet_with_augmentation_uses_the_fused_backbone(cli, shapes, tmp_path):
+    _, ckpt = _train(cli, shapes, tmp_path / "aug", "--model", "resnet18-frozen", "--weights", "none",
+                     "--epochs", "1")
+    assert ckpt["run"]["frozen_backbone"] is True
+    assert not any("backbone" in k for k in ckpt["model_state"])  # the model's own keys
+    r = cli("eval", "--checkpoint", str(tmp_path / "aug" / "best.pt"), str(shapes / "val"), "--json")
+    assert r.code == 0, r.err
+
+
+def test_decoded_pictures_kept_in_memory_change_nothing(cli, shapes, tmp_path, monkeypatch):
+    args = ["--model", "net", "--transforms", "chapter"]  # random augmentation: no sample cache
+    _, kept = _train(cli, shapes, tmp_path / "kept", *args)
+    monkeypatch.setenv("CVKIT_NO_CACHE", "1")
+    _, plain = _train(cli, shapes, tmp_path / "plain", *args)
+    assert kept["run"]["decoded_images_kept"] == 12 and plain["run"]["decoded_images_kept"] == 0
+    for key, value in kept["model_state"].items():
+        assert torch.equal(value, plain["model_state"][key]), key
+    assert kept["history"][-1]["val_loss"] == plain["history"][-1]["val_loss"]
+
+
+def test_kept_pictures_are_handed_out_as_copies_within_budget(shapes):
+    from cvkit.accel import cache_decoded_images
+    from cvkit_plugins.imagefolder import CvkitImageFolder
+
+    ds = CvkitImageFolder(shapes / "train")
+    assert cache_decoded_images([ds], budget=10) is None  # 12 pictures of 32x32 do not fit 10 bytes
+    stats = cache_decoded_images([ds])
+    assert stats["images"] == 12 and stats["bytes"] == 12 * 32 * 32 * 3
+    first, _ = ds[0]
+    first.paste((255, 0, 0), (0, 0, 32, 32))  # a transform that draws on its input
+    again, _ = ds[0]
+    assert again.getpixel((0, 0)) != (255, 0, 0)
+    from torch.utils.data import Subset
+
+    assert cache_decoded_images([Subset(CvkitImageFolder(shapes / "train"), [0, 1])])["images"] == 2
+    assert cache_decoded_images([list(range(3))]) is None  # not a DatasetFolder

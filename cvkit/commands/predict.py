@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import os
+import time
 from pathlib import Path
 
 from cvkit import ui
@@ -91,17 +92,9 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     k = min(top_k, len(classes))
     min_side = decode_min_side(spec)  # large JPEGs decode at a reduced scale, never below this
     results, shown = [], []
-    for start in range(0, len(paths), batch_size):
-        chunk, tensors = [], []
-        for p in paths[start:start + batch_size]:
-            try:
-                picture = load_image(p, min_side=min_side)
-            except DataError as exc:  # one unreadable file does not stop the others
-                reason = str(exc)
-                skipped.append({"path": str(p), "reason": reason.removeprefix(f"{p}: ")})
-                continue
-            chunk.append(p)
-            tensors.append(transform(picture))
+    started = time.perf_counter()
+    for chunk, tensors, failed in _decoded_batches(paths, batch_size, transform, min_side):
+        skipped += failed
         if not tensors:
             continue
         batch = torch.stack(tensors).to(dev)  # one image alone is still a batch: N=1
@@ -115,9 +108,12 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
             results.append({"path": str(p), "predictions": preds})
             if grid and len(shown) < GRID_MAX:
                 shown.append(x)
+    seconds = time.perf_counter() - started
     if not results:
         raise DataError(f"no readable images among {len(paths)} ({skipped[0]['reason']})")
     report = {"checkpoint": str(path), "model": spec.name, "device": str(dev), "precision": prec,
+              "images": len(results), "seconds": round(seconds, 4),
+              "images_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
               "results": results, "skipped": skipped}
     if grid:
         from cvkit import reports
@@ -130,6 +126,37 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     return report
 
 
+def _decoded_batches(paths, batch_size: int, transform, min_side):
+    """``(paths, tensors, skipped)`` per batch, in order. The next batch is decoded and transformed
+    in a background thread while the caller runs the model on this one (Pillow and torch release
+    the GIL); an unreadable file is reported in ``skipped`` and does not stop the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode(chunk):
+        kept, tensors, failed = [], [], []
+        for p in chunk:
+            try:
+                picture = load_image(p, min_side=min_side)
+            except DataError as exc:
+                failed.append({"path": str(p), "reason": str(exc).removeprefix(f"{p}: ")})
+                continue
+            kept.append(p)
+            tensors.append(transform(picture))
+        return kept, tensors, failed
+
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    if len(chunks) <= 1:
+        yield from map(decode, chunks)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvkit-decode") as pool:
+        pending = pool.submit(decode, chunks[0])
+        for chunk in chunks[1:]:
+            ready = pending.result()
+            pending = pool.submit(decode, chunk)  # decoded while the model runs on ``ready``
+            yield ready
+        yield pending.result()
+
+
 def predictions_csv(report: dict) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -138,6 +165,13 @@ def predictions_csv(report: dict) -> str:
         for rank, p in enumerate(r["predictions"], 1):
             writer.writerow([r["path"], rank, p["label"], p["probability"]])
     return buf.getvalue()
+
+
+def predict_summary(report: dict) -> str:
+    """One line: how many images, which model, and how fast (the loop over the images alone)."""
+    rate = report.get("images_per_second")
+    return (f"{report['images']} images, model {report['model']} from {report['checkpoint']}, "
+            f"{report['seconds']:.2f}s ({rate} images/s, {report['device']} {report['precision']})")
 
 
 def render_predictions(report: dict) -> None:
@@ -155,6 +189,6 @@ def render_predictions(report: dict) -> None:
             table.add_row(str(rank), esc(p["label"]), f"{p['probability']:.3f}", f"[cyan]{bar}[/]",
                           style="bold" if rank == 1 else None)
         ui.out.print(table)
-    ui.out.print(f"{len(report['results'])} images, model {esc(report['model'])} from {esc(report['checkpoint'])}")
+    ui.out.print(esc(predict_summary(report)), soft_wrap=True)
     if report.get("grid"):
         ui.out.print(f"grid: {esc(report['grid'])}")
