@@ -15,7 +15,7 @@ import typer
 
 from cvkit import __version__, ui
 from cvkit.errors import CvkitError, message_of
-from cvkit.interrupts import Interrupted, exit_on_signals
+from cvkit.interrupts import Interrupted, TrainingStopped, exit_on_signals
 from cvkit.plugins import check_strict, get_plugins, strict
 
 REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets"]
@@ -141,6 +141,9 @@ def make_app(plugins=None) -> typer.Typer:
         out: Annotated[Optional[str], typer.Option(help="Run directory [default: a new one under ./runs/].")] = None,
         resume: Annotated[Optional[str], typer.Option(help="Continue a run: its directory or a checkpoint.")] = None,
         config: Annotated[Optional[str], typer.Option(help="YAML file of options (the command line wins).")] = None,
+        nproc: Annotated[Optional[int], typer.Option(
+            min=1, help="Train with N processes on this machine through torchrun (distributed data-parallel: "
+                        "one per GPU, or gloo on the CPU); --batch-size is then the global batch.")] = None,
         opt: OptOpt = None,
         json: JsonOpt = False,
     ):
@@ -148,13 +151,18 @@ def make_app(plugins=None) -> typer.Typer:
         from cvkit.commands.train import train_command
         from cvkit.options import parse_opts
 
+        if nproc is not None:
+            from cvkit.distributed import launch, strip_nproc
+
+            raise typer.Exit(launch(nproc, strip_nproc(_LAUNCH_ARGV)))
+
         values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                       loss=loss, scheduler=scheduler, transforms=transforms, weights=weights, dataset=dataset,
                       val_split=val_split, device=device, precision=precision, workers=workers, seed=seed,
                       patience=patience, on_bad_image=on_bad_image, out=out, options=parse_opts(opt) or None)
         summary = train_command(cli_values={k: v for k, v in values.items() if v is not None},
                                 config_file=config, resume=resume, json=json)
-        if json:
+        if json and os.environ.get("RANK", "0") in ("", "0"):  # distributed: rank 0 speaks for the job
             ui.print_json(summary)
 
     @app.command("eval", rich_help_panel="Train and use")
@@ -283,9 +291,13 @@ def _verbose(argv: list[str]) -> bool:
     return "--verbose" in argv or (argv[:1] == ["-v"])
 
 
+_LAUNCH_ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cvkit`` console script: known errors become one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _LAUNCH_ARGV[:] = argv  # what `train --nproc N` passes on to torchrun
     verbose = _verbose(argv)
     # --verbose is global: accept it after the command name too (typer knows it only before)
     argv = [a for a in argv if a != "--verbose"]
@@ -301,7 +313,11 @@ def main(argv: list[str] | None = None) -> None:
     except CvkitError as exc:
         if verbose:
             traceback.print_exc()
-        ui.error(message_of(exc))
+        rank = os.environ.get("RANK", "")
+        if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+            ui.error(message_of(exc))
+        elif rank in ("", "0") or not isinstance(exc, TrainingStopped):  # rank 0 says why the job stopped
+            ui.error(f"[rank {rank}] {message_of(exc)}")
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         ui.error(exc.message())

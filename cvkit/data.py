@@ -278,19 +278,21 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
 SMALL_INPUT_SIDE = 64  # model inputs up to this side are cheap to decode and transform
 
 
-def resolve_workers(workers, num_images: int, input_size=None) -> int:
+def resolve_workers(workers, num_images: int, input_size=None, processes: int = 1) -> int:
     """``auto``: no worker processes for small inputs (e.g. 32x32) or tiny sets, where starting and
     feeding workers costs more than it saves (and the in-memory sample cache needs the main
     process); else 2 to 8 (one core left free above 2 cores). Measured on 2 cores: resnet18 at
     224x224 with the chapter's augmentation trained at 64-78 images/s with 2 workers against
-    57-59 with none (benchmarks/, docs/performance.md)."""
+    57-59 with none (benchmarks/, docs/performance.md). ``processes``: training processes sharing
+    this machine's cores (distributed training); below 2 cores each, none."""
     from cvkit.device import cpu_count
 
     if workers == "auto" or workers is None:
         side = max(input_size[1:]) if input_size else 0
-        if side <= SMALL_INPUT_SIDE or num_images < 64:
+        cores = cpu_count() // max(1, processes)
+        if side <= SMALL_INPUT_SIDE or num_images < 64 or (processes > 1 and cores < 2):
             return 0
-        return min(8, max(2, cpu_count() - 1))
+        return min(8, max(2, cores - 1))
     workers = int(workers)
     if workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more (or auto)")
@@ -301,11 +303,12 @@ LOADER_TIMEOUT_ENV = "CVKIT_LOADER_TIMEOUT"
 LOADER_TIMEOUT = 300.0
 
 
-def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device, seed: int = 0):
+def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device, seed: int = 0, sampler=None):
     """A seeded DataLoader. With worker processes, a worker that gives no batch for
     ``$CVKIT_LOADER_TIMEOUT`` seconds (default 300; 0 waits forever) is an error instead of a hang;
     a worker that dies is reported by torch at once (``cvkit.train.loader_failure`` words both).
-    Workers ignore Ctrl-C and die of SIGTERM (see ``cvkit.interrupts.reset_worker_signals``)."""
+    Workers ignore Ctrl-C and die of SIGTERM (see ``cvkit.interrupts.reset_worker_signals``).
+    ``sampler`` (distributed training: this process's shard) replaces ``shuffle``."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -323,7 +326,8 @@ def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+        num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=generator,
         timeout=timeout, worker_init_fn=reset_worker_signals if workers > 0 else None,
     )

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shlex
+import signal
 import time
 import warnings
 from datetime import datetime
@@ -47,7 +48,7 @@ def autocast(device, precision: str):
 
 def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimizer=None, scaler=None,
               progress=None, description: str = "", epoch: int = 0, label_map=None,
-              collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None) -> dict:
+              collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None, dist=None) -> dict:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
     Returns mean loss, accuracy (and top-k accuracy), the image count and rate, and with ``collect``
@@ -64,6 +65,11 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     continues such a pass exactly: its first ``step`` batches are loaded again but not trained on,
     so the sampler's order and the random numbers the augmentation draws are as they were, then
     the random state of the moment of the stop is restored and the sums carry on.
+
+    ``dist`` (a :class:`~cvkit.distributed.Dist` of several processes): each training step, one
+    all-reduce makes every process see the same loss check and the same stop decision, so all of
+    them stop at the same step. The result is this process's shard's; see
+    :func:`cvkit.distributed.reduce_phase`.
     """
     import torch
 
@@ -108,10 +114,16 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
                     logits = model(x)
                     loss = loss_fn(logits, y)
                 loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
+                stop_all = None  # distributed training: what all processes decided together
+                checked = loss_value
+                if training and dist is not None and dist.enabled:
+                    checked, stop_all = dist.step_flags(loss_value, bool(stop is not None and stop.requested),
+                                                        device)
+                if not math.isfinite(checked):
                     phase = "training" if training else "validation"
-                    raise NumericalError(f"loss is {loss_value} in epoch {epoch}, {phase} step {step}; "
-                                         f"try a lower --lr or --precision fp32")
+                    where = "" if not math.isfinite(loss_value) else " in another process"
+                    raise NumericalError(f"loss is {loss_value if where == '' else checked}{where} in epoch {epoch}, "
+                                         f"{phase} step {step}; try a lower --lr or --precision fp32")
                 if training:
                     if scaler is not None and scaler.is_enabled():
                         scaler.scale(loss).backward()
@@ -140,7 +152,8 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
                     progress.update(task, advance=1, rate=f"{seen / max(elapsed, 1e-9):.0f} img/s",
                                     stats=f"loss {total_loss / seen:.4f} acc {correct / seen:.3f}")
                 # after a stop signal: training stops here; validation too if the workers are gone
-                if stop is not None and stop.requested and (training or stop.workers_lost):
+                requested = stop_all if stop_all is not None else (stop is not None and stop.requested)
+                if requested and (training or stop.workers_lost):
                     stopped_at = step
                     break
     except RuntimeError as exc:
@@ -365,9 +378,51 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     """
     import torch
 
+    from cvkit import distributed
+
     plugins = plugins or get_plugins()
     console = console or ui.out
     started = time.perf_counter()
+    info = distributed.from_env()  # torchrun's RANK / WORLD_SIZE; one process without it
+    device = distributed.setup(info, resolve_device(config.device))
+    try:
+        resume = resume or _restarted_run(config, info)
+        return _fit(config, resume=resume, plugins=plugins, show_progress=show_progress and info.is_main,
+                    console=console, started=started, info=info, device=device)
+    finally:
+        distributed.teardown(info)
+
+
+def _restarted_run(config: TrainConfig, info) -> str | None:
+    """Under torchrun with ``--max-restarts``, a restarted job continues its own run: the ``--out``
+    directory, or the run under ./runs/ marked with this job's rendezvous id, if it has ``last.pt``
+    (decided by rank 0, the same for all processes)."""
+    from cvkit import distributed
+
+    if info.restart < 1:
+        return None
+    found = None
+    if info.is_main:
+        if config.out:
+            found = config.out if (Path(config.out) / "last.pt").exists() else None
+        elif info.run_id and Path(RUNS_DIR).is_dir():
+            for marker in sorted(Path(RUNS_DIR).glob(f"*/{JOB_MARKER}")):
+                with contextlib.suppress(OSError):
+                    if marker.read_text().strip() == info.run_id and (marker.parent / "last.pt").exists():
+                        found = str(marker.parent)
+    found = distributed.broadcast(found, info)
+    if found and info.is_main:
+        ui.warn(f"torchrun restart {info.restart}: continuing {found} from its last.pt")
+    return found
+
+
+JOB_MARKER = ".torchrun-job"  # in a run directory: the torchrun rendezvous id of the job that wrote it
+
+
+def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, started, info, device) -> dict:
+    import torch
+
+    from cvkit import distributed
 
     checkpoint = None
     if resume:
@@ -382,8 +437,8 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         raise UsageError("DATA: give the image folder to train on")
 
     spec: ModelSpec = model_spec(config.model, plugins)
-    device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
+    batch = distributed.per_process_batch(config.batch_size, info)  # --batch-size is the global batch
     seed_everything(config.seed)
     opts = config.options or {}
 
@@ -400,16 +455,16 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         raise CheckpointError(f"--resume {resume}: the checkpoint's classes {checkpoint['classes']} differ "
                               f"from the data's {classes}")
 
-    workers = resolve_workers(config.workers, len(splits.train), spec.input_size)
+    workers = resolve_workers(config.workers, len(splits.train), spec.input_size, processes=info.local_world)
     deterministic = bool(plugins["transforms"].get(transform_name).meta.get("deterministic"))
     if workers == 0 and caches_enabled():  # keep transformed samples where that cannot change them
         if deterministic:
             splits.train = CachedSamples(splits.train)
         splits.val = CachedSamples(splits.val)
-    train_loader = make_loader(splits.train, batch_size=config.batch_size, shuffle=True, workers=workers,
-                               device=device, seed=config.seed)
-    val_loader = make_loader(splits.val, batch_size=config.batch_size, shuffle=False, workers=workers,
-                             device=device, seed=config.seed)
+    train_loader = make_loader(splits.train, batch_size=batch, shuffle=True, workers=workers, device=device,
+                               seed=config.seed, sampler=distributed.train_sampler(splits.train, info, config.seed))
+    val_loader = make_loader(splits.val, batch_size=batch, shuffle=False, workers=workers, device=device,
+                             seed=config.seed, sampler=distributed.eval_sampler(splits.val, info))
 
     weights = "none" if checkpoint is not None else config.weights
     model = build_model(config.model, num_classes=len(classes), weights=weights,
@@ -454,22 +509,41 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                     f"but the training images or --batch-size differ now; that epoch starts again from its "
                     f"first batch, with the weights saved at the stop")
             interrupted = None
+        if interrupted and (info.enabled or interrupted.get("processes", 1) > 1):
+            # each process drew its own augmentation numbers; the stopped epoch is redone instead
+            if info.is_main:
+                ui.warn(f"--resume {resume}: epoch {interrupted['epoch']} stopped after step {interrupted['step']} "
+                        f"in distributed training; that epoch starts again from its first batch, with the "
+                        f"weights saved at the stop")
+            interrupted = None
     else:
-        run_dir = Path(config.out) if config.out else new_run_dir(config.model)
-        if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
-            raise UsageError(f"--out {run_dir}: already holds a run; use --resume {run_dir} or another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
-    _clean_stale_temp_files(run_dir)
-    with _writing(run_dir / "config.yaml"):
-        write_config(config, run_dir / "config.yaml")
-    if splits.layout.get("layout") == "split":
-        import json
+        # rank 0 names the run directory; every process gets the same name (or the same error)
+        problem = None
+        if info.is_main:
+            run_dir = Path(config.out) if config.out else new_run_dir(config.model)
+            if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
+                problem = f"--out {run_dir}: already holds a run; use --resume {run_dir} or another --out"
+        else:
+            run_dir = None
+        run_dir, problem = distributed.broadcast((run_dir, problem), info)
+        if problem:
+            raise UsageError(problem)
+    if info.is_main:  # only rank 0 writes the run directory
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
+        _clean_stale_temp_files(run_dir)
+        with _writing(run_dir / "config.yaml"):
+            write_config(config, run_dir / "config.yaml")
+        if splits.layout.get("layout") == "split":
+            import json
 
-        with _writing(run_dir / "split.json"):
-            (run_dir / "split.json").write_text(json.dumps(splits.layout, indent=1))
+            with _writing(run_dir / "split.json"):
+                (run_dir / "split.json").write_text(json.dumps(splits.layout, indent=1))
+        if info.run_id:
+            with _writing(run_dir / JOB_MARKER):
+                (run_dir / JOB_MARKER).write_text(info.run_id + "\n")
 
     # A frozen backbone under a deterministic transform gives the same features every epoch:
     # compute them once, then each epoch trains only the head on them.
@@ -479,17 +553,16 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         from torch.utils.data import TensorDataset
 
         t0 = time.perf_counter()
-        plain_train = make_loader(splits.train, batch_size=config.batch_size, shuffle=False, workers=workers,
-                                  device=device)
+        plain_train = make_loader(splits.train, batch_size=batch, shuffle=False, workers=workers, device=device)
         train_features = TensorDataset(*extract_features(model, head, plain_train, device=device,
                                                          precision=precision))
         val_features = TensorDataset(*extract_features(model, head, val_loader, device=device,
                                                        precision=precision))
         extract_seconds = time.perf_counter() - t0
         phase_model = getattr(model, head)
-        train_loader = make_loader(train_features, batch_size=config.batch_size, shuffle=True, workers=0,
-                                   device=device, seed=config.seed)
-        val_loader = make_loader(val_features, batch_size=config.batch_size, shuffle=False, workers=0,
+        train_loader = make_loader(train_features, batch_size=batch, shuffle=True, workers=0, device=device,
+                                   seed=config.seed, sampler=distributed.train_sampler(train_features, info, config.seed))
+        val_loader = make_loader(val_features, batch_size=batch, shuffle=False, workers=0,  # this process's shard
                                  device=device)
         if checkpoint is not None:
             _set_rng_state(checkpoint.get("rng"), train_loader)
@@ -502,13 +575,19 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                                        workers=workers)
         if decoded is not None:
             extract_seconds = decoded["seconds"]  # counts in epoch one, like feature extraction
+    frozen_backbone = phase_model is not model and head is None
+    if info.enabled:  # gradients of the trainable parameters are averaged across processes
+        from torch.nn.parallel import DistributedDataParallel
+
+        phase_model = DistributedDataParallel(phase_model, device_ids=[device] if device.type == "cuda" else None)
 
     config_record = {**config.as_dict(), "out": str(run_dir)}
     run_record = {"device": str(device), "precision": precision, "workers": workers,
                   "transforms": transform_name, "layout": splits.layout.get("layout"),
                   "channels_last": channels_last, "cached_features": head is not None,
-                  "frozen_backbone": phase_model is not model and head is None,
-                  "decoded_images_kept": decoded["images"] if decoded else 0}
+                  "frozen_backbone": frozen_backbone,
+                  "decoded_images_kept": decoded["images"] if decoded else 0,
+                  "processes": info.world, "backend": info.backend}
     if not show_progress:
         console = ui.err if console is ui.out else console
     if show_progress:
@@ -516,7 +595,8 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
         console.print(
             f"[bold]cvkit train[/] {config.model} on {config.data}: {len(splits.train)} train / "
             f"{len(splits.val)} val images, {len(classes)} classes, {device} {precision}, "
-            f"batch {config.batch_size}, workers {workers}"
+            + (f"batch {config.batch_size} ({batch} per process x {info.world} processes, {info.backend})"
+               if info.enabled else f"batch {config.batch_size}") + f", workers {workers}"
             + (f", {frozen:,} frozen parameters" if frozen else "") + f" -> {run_dir}")
         if interrupted:
             console.print(f"continuing epoch {interrupted['epoch']} after step {interrupted['step']} of "
@@ -526,13 +606,16 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     epochs_run = 0
     train_images, train_seconds = 0, 0.0
     last_file = run_dir / "last.pt"
-    resume_hint = f"continue with: cvkit train --resume {shlex.quote(str(run_dir))}"
+    resume_hint = f"continue with: cvkit train --resume {shlex.quote(str(run_dir))}" + (
+        f" --nproc {info.world}" if info.enabled else "")
     holds = None  # what last.pt holds, for the message of an abort
     if checkpoint is not None:
         holds = f"epoch {start_epoch - 1}" + (f" and step {interrupted['step']} of epoch {start_epoch}"
                                               if interrupted else "")
 
     def save_point(payload, epoch, best_too=False):
+        if payload is None:  # not rank 0: only rank 0 writes
+            return
         bad = first_nonfinite(payload["model_state"].items())
         if bad is not None:  # never save, or keep as best, weights that are not finite
             raise NumericalError(f"weight {bad} is not finite in epoch {epoch}; not saved"
@@ -549,23 +632,32 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                 t0 = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
                 epoch_rng = _rng_state(train_loader)  # a last.pt saved in this epoch replays from here
+                if info.enabled:  # a new shard order per epoch; each process its own augmentation numbers
+                    train_loader.sampler.set_epoch(epoch)
+                    seed_everything(config.seed * 1_000_003 + epoch * 1_009 + info.rank)
                 tr = run_phase(phase_model, train_loader, loss_fn, device=device, precision=precision,
                                optimizer=optimizer, scaler=scaler, progress=progress,
                                description=f"epoch {epoch}/{config.epochs} train", epoch=epoch, stop=stop,
-                               resume=interrupted if epoch == start_epoch else None)
+                               resume=interrupted if epoch == start_epoch else None, dist=info)
                 rng_after_train = _rng_state(train_loader)  # where a stopped epoch continues
                 va = None
                 if "stopped_at" not in tr:
                     va = run_phase(phase_model, val_loader, loss_fn, device=device, precision=precision,
                                    progress=progress, description=f"epoch {epoch}/{config.epochs} val",
                                    epoch=epoch, collect=True, stop=stop)
-                if "stopped_at" in tr or "stopped_at" in va:  # save the train steps done in this epoch
+                stopped = "stopped_at" in tr or "stopped_at" in va
+                if info.enabled:  # all processes stop together, or none does
+                    _, stopped = info.step_flags(0.0, stopped, device)
+                if not stopped:
+                    tr = distributed.reduce_phase(tr, info, device)
+                    va = distributed.reduce_phase(va, info, device)
+                if stopped:  # save the train steps done in this epoch
                     step = tr.get("stopped_at", len(train_loader))
                     record = {"epoch": epoch, "step": step, "steps": len(train_loader),
                               "batch_size": config.batch_size, "images": len(splits.train),
                               "totals": tr["totals"], "rng": rng_after_train,
-                              "signal": signal_name(stop.requested)}
-                    payload = make_checkpoint(
+                              "signal": signal_name(stop.requested or signal.SIGTERM), "processes": info.world}
+                    payload = None if not info.is_main else make_checkpoint(
                         model=model, spec=spec, classes=classes, transform_name=transform_name, transform=eval_tf,
                         config=config_record, run=run_record, epoch=epoch - 1, history=history,
                         optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best, rng=epoch_rng,
@@ -573,9 +665,11 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                                  "train_accuracy": tr["accuracy"]},
                         interrupted=record)
                     save_point(payload, epoch)
+                    info.barrier()  # last.pt is written before any process leaves
+                    signum = stop.requested or signal.SIGTERM  # another process got the signal
                     raise TrainingStopped(
-                        f"{signal_name(stop.requested)}: stopped in epoch {epoch} after step {step} of "
-                        f"{len(train_loader)}; saved {last_file}; {resume_hint}", stop.requested)
+                        f"{signal_name(signum)}: stopped in epoch {epoch} after step {step} of "
+                        f"{len(train_loader)}; saved {last_file}; {resume_hint}", signum)
                 if scheduler is not None:
                     with warnings.catch_warnings():
                         # cvkit steps the scheduler after the epoch's optimizer steps; torch warns
@@ -594,7 +688,7 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                        "train_seconds": round(tr["seconds"] + extra, 6), "best": improved}
                 confusion = confusion_matrix(va["targets"], va["predictions"], len(classes))
                 new_best = {"epoch": epoch, "val_accuracy": va["accuracy"], "val_loss": va["loss"]}
-                payload = make_checkpoint(
+                payload = None if not info.is_main else make_checkpoint(
                     model=model, spec=spec, classes=classes, transform_name=transform_name, transform=eval_tf,
                     config=config_record, run=run_record, epoch=epoch, history=[*history, row],
                     optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -605,8 +699,9 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                 history.append(row)
                 if improved:
                     best, best_confusion = new_best, confusion
-                with _writing(run_dir / "metrics.csv"):
-                    write_metrics(history, run_dir / "metrics.csv")
+                if info.is_main:
+                    with _writing(run_dir / "metrics.csv"):
+                        write_metrics(history, run_dir / "metrics.csv")
                 if show_progress:
                     table = _epoch_table(first=epoch == start_epoch)
                     table.add_row(f"{epoch}/{config.epochs}", f"{tr['loss']:.4f}", f"{tr['accuracy']:.3f}",
@@ -619,10 +714,15 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
                         if show_progress:
                             console.print(f"early stop: no better val accuracy for {config.patience} epochs")
                         break
-                if stop.requested and epoch < config.epochs:  # came during validation or a save
+                late = bool(stop.requested)
+                if info.enabled:
+                    _, late = info.step_flags(0.0, late, device)
+                if late and epoch < config.epochs:  # came during validation or a save
+                    info.barrier()
+                    signum = stop.requested or signal.SIGTERM
                     raise TrainingStopped(
-                        f"{signal_name(stop.requested)}: stopped after epoch {epoch} of {config.epochs}; "
-                        f"saved {last_file}; {resume_hint}", stop.requested)
+                        f"{signal_name(signum)}: stopped after epoch {epoch} of {config.epochs}; "
+                        f"saved {last_file}; {resume_hint}", signum)
     except Interrupted as exc:  # a second signal: no more saving
         raise TrainingStopped(
             f"{exc.message()} again: aborted in epoch {epoch}; "
@@ -630,13 +730,19 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
             exc.signum) from None
     except RuntimeError as exc:  # a dead DataLoader worker can surface outside run_phase too
         problem = loader_failure(exc, train_loader, f"epoch {epoch}")
+        if problem is None and info.enabled and distributed.is_peer_failure(exc):
+            problem = distributed.PeerLost(
+                f"epoch {epoch}: another process of this distributed job stopped or failed "
+                f"({distributed.first_line(exc)}); stopping this one too"
+                + (f"; {last_file} holds {holds}" if holds else ""))
         if problem is None:
             raise
         raise problem from None
     finally:
         _stop_workers(train_loader, val_loader)
 
-    _write_reports(run_dir, history, best_confusion, classes)
+    if info.is_main:
+        _write_reports(run_dir, history, best_confusion, classes)
     seconds = time.perf_counter() - started
     summary = {
         "run_dir": str(run_dir),

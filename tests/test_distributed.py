@@ -1,0 +1,266 @@
+"""Issue 6: distributed data-parallel training through torchrun (CPU, gloo, 2 processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvkit import distributed
+from cvkit.distributed import Dist, ShardSampler
+from cvkit.errors import UsageError
+
+JOB_TIMEOUT = 300  # seconds; a job that hangs fails the test instead of the suite
+
+
+def draw_stripes(root: Path, train: int = 60, val: int = 15, seed: int = 0) -> Path:
+    """A learnable toy set: 32x32 grey pictures of horizontal or vertical stripes, checks or none,
+    with random period, phase and noise (LeNet learns it in a few epochs; chance is 0.25)."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    for split, n in (("train", train), ("val", val)):
+        for kind in ("horizontal", "vertical", "checks", "plain"):
+            folder = root / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                half, phase = rng.choice((2, 3, 4)), rng.randrange(8)
+                img = Image.new("L", (32, 32))
+                px = img.load()
+                for y in range(32):
+                    for x in range(32):
+                        h, v = ((y + phase) // half) % 2, ((x + phase) // half) % 2
+                        on = {"horizontal": h, "vertical": v, "checks": h ^ v, "plain": 0}[kind]
+                        px[x, y] = max(0, min(255, (200 if on else 55) + rng.randint(-40, 40)))
+                img.save(folder / f"{kind}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """4 classes x (60 train + 15 val) pictures."""
+    return draw_stripes(tmp_path_factory.mktemp("dist") / "stripes", seed=3)
+
+
+VAL_IMAGES = 60
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+                        "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CVKIT_DIST_TIMEOUT="120", **extra)
+    return env
+
+
+def _torchrun(nproc: int, *args: str, restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            f"--max-restarts={restarts}", "-m", "cvkit", *args]
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=_env(), **kw)
+
+
+TRAIN = ["--model", "net", "--workers", "0", "--precision", "fp32", "--lr", "0.05", "--seed", "1"]
+
+
+# --- pieces, no processes ------------------------------------------------------------------------
+
+def test_shards_cover_every_sample_exactly_once():
+    for length in (0, 1, 7, 8, 100):
+        for world in (1, 2, 3, 4):
+            shards = [list(ShardSampler(length, r, world)) for r in range(world)]
+            assert sorted(i for s in shards for i in s) == list(range(length))
+            assert sum(len(ShardSampler(length, r, world)) for r in range(world)) == length
+
+
+def test_batch_size_is_global_and_must_divide():
+    assert distributed.per_process_batch(32, Dist(world=4)) == 8
+    assert distributed.per_process_batch(32, Dist()) == 32
+    with pytest.raises(UsageError, match="--batch-size 30"):
+        distributed.per_process_batch(30, Dist(world=4))
+
+
+def test_environment_of_torchrun_is_read_and_checked():
+    info = distributed.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                                 "TORCHELASTIC_RESTART_COUNT": "3", "TORCHELASTIC_RUN_ID": "job"})
+    assert (info.rank, info.world, info.local_rank, info.restart, info.run_id) == (1, 2, 1, 3, "job")
+    assert info.enabled and not info.is_main
+    assert not distributed.from_env({}).enabled
+    with pytest.raises(UsageError, match="RANK=2"):
+        distributed.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(UsageError, match="WORLD_SIZE"):
+        distributed.from_env({"WORLD_SIZE": "two"})
+
+
+def test_launcher_builds_the_torchrun_command():
+    argv = ["train", "data", "--nproc", "2", "--epochs", "1", "--nproc=3", "--json"]
+    assert distributed.strip_nproc(argv) == ["train", "data", "--epochs", "1", "--json"]
+    cmd = distributed.torchrun_command(2, ["train", "data"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cvkit",
+                       "train", "data"]
+
+
+def test_nproc_inside_torchrun_is_refused(cli, monkeypatch, toy):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    r = cli("train", str(toy), "--nproc", "2")
+    assert r.code == 2 and "already running under torchrun" in r.err
+
+
+def test_one_process_passes_results_through():
+    result = {"loss": 1.0, "accuracy": 0.5, "images": 4, "seconds": 1.0, "images_per_second": 4.0}
+    assert distributed.reduce_phase(result, Dist(), torch.device("cpu")) is result
+    assert distributed.is_peer_failure(RuntimeError("[../third_party/gloo/...] Connection closed by peer"))
+    assert not distributed.is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+# --- real jobs: torchrun, gloo, 2 processes ------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_processes_write_one_run_whose_accuracy_eval_repeats(toy, tmp_path):
+    run = tmp_path / "runs" / "ddp"
+    r = _run(_torchrun(2, "train", str(toy), *TRAIN, "--epochs", "2", "--batch-size", "16", "--out", str(run),
+                       "--json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)  # one JSON document: rank 0 alone prints
+    assert summary["run_dir"] == str(run)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]  # one run directory
+    assert {"best.pt", "last.pt", "metrics.csv", "config.yaml", "curves.png"} <= {p.name for p in run.iterdir()}
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["run"]["processes"] == 2 and ckpt["run"]["backend"] == "gloo"
+    assert not any(k.startswith("module.") for k in ckpt["model_state"])  # the unwrapped model's keys
+    confusion = ckpt["metrics"]["confusion_matrix"]
+    assert sum(map(sum, confusion)) == VAL_IMAGES  # the whole validation set, each image once
+    e = subprocess.run([sys.executable, "-m", "cvkit", "eval", "--checkpoint", str(run / "best.pt"),
+                        "--precision", "fp32", "--json"], capture_output=True, text=True, timeout=JOB_TIMEOUT,
+                       env=_env(), cwd=tmp_path)
+    assert e.returncode == 0, e.stderr
+    report = json.loads(e.stdout)
+    assert report["images"] == VAL_IMAGES
+    assert report["accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-9)
+    assert report["confusion_matrix"] == confusion
+
+
+@pytest.mark.slow
+def test_two_processes_learn_like_one_with_the_same_global_batch(toy, tmp_path):
+    args = [*TRAIN, "--epochs", "4", "--batch-size", "16", "--json"]
+    one = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(tmp_path / "two"),
+                "--nproc", "2"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    acc1 = json.loads(one.stdout)["best_val_accuracy"]
+    acc2 = json.loads(two.stdout)["best_val_accuracy"]
+    assert acc1 > 0.8 and acc2 > 0.8  # both learnt the toy set (chance: 0.25)
+    assert abs(acc1 - acc2) <= 0.1, (acc1, acc2)
+    assert "torch.distributed.run" in two.stderr  # the launcher shows the torchrun command it runs
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes torchrun started (children of ``parent``)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(entry.name)
+    return found
+
+
+def _wait_for(predicate, seconds: float):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return None
+
+
+@pytest.mark.slow
+def test_killing_one_rank_ends_the_job_within_bounded_time(toy, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun(2, "train", str(toy), *TRAIN, "--epochs", "200", "--batch-size", "4",
+                                      "--out", str(run)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=tmp_path)
+    try:
+        assert _wait_for(lambda: (run / "last.pt").exists(), 180), "training never finished an epoch"
+        ranks = _rank_pids(proc.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        killed = time.monotonic()
+        code = proc.wait(timeout=90)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+    assert code != 0
+    assert took < 60, took
+    for pid in ranks.values():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    torch.load(run / "last.pt", weights_only=True)  # the last saved checkpoint is intact
+
+
+@pytest.mark.slow
+def test_a_restarted_job_resumes_from_last_pt(toy, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun(2, "train", str(toy), *TRAIN, "--epochs", "3", "--batch-size", "4",
+                                      "--out", str(run), "--json", restarts=1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+    try:
+        assert _wait_for(lambda: (run / "last.pt").exists(), 180), "training never finished an epoch"
+        ranks = _rank_pids(proc.pid)
+        os.kill(ranks[1], signal.SIGKILL)  # torchrun restarts both processes once
+        out, err = proc.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "continuing" in err and "from its last.pt" in err
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]  # each epoch once, none lost or repeated
+    assert json.loads(out)["last_epoch"] == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_launcher_stops_every_rank_and_saves(toy, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cvkit", "train", str(toy), *TRAIN, "--epochs", "200",
+                             "--batch-size", "4", "--out", str(run), "--nproc", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+    try:
+        assert _wait_for(lambda: (run / "last.pt").exists(), 180), "training never finished an epoch"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGINT: stopped" in err and "--nproc 2" in err
+    assert err.count("SIGINT: stopped") == 1  # rank 0 alone says it
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    if "interrupted" in ckpt:  # stopped inside a train phase: every rank at the same step
+        assert ckpt["interrupted"]["processes"] == 2 and "stopped in epoch" in err
+    else:  # the signal came during validation or a save
+        assert "stopped after epoch" in err
