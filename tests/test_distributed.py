@@ -264,3 +264,26 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_and_saves(toy, tmp_path):
         assert ckpt["interrupted"]["processes"] == 2 and "stopped in epoch" in err
     else:  # the signal came during validation or a save
         assert "stopped after epoch" in err
+
+
+@pytest.mark.slow
+def test_frozen_backbones_train_only_the_head_under_ddp(tmp_path):
+    data = draw_stripes(tmp_path / "small", train=8, val=4, seed=5)
+    states = {}
+    for transforms in ("plain", "chapter"):  # cached features (DDP over fc) / fused backbone (DDP over it)
+        run = tmp_path / transforms
+        r = _run(_torchrun(2, "train", str(data), "--model", "resnet18-frozen", "--weights", "none",
+                           "--transforms", transforms, "--epochs", "1", "--batch-size", "8", "--workers", "0",
+                           "--seed", "2", "--out", str(run), "--json"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ckpt = torch.load(run / "last.pt", weights_only=True)
+        assert ckpt["run"]["processes"] == 2
+        assert ckpt["run"]["cached_features" if transforms == "plain" else "frozen_backbone"] is True
+        states[transforms] = ckpt["model_state"]
+    a, b = states["plain"], states["chapter"]
+    assert a.keys() == b.keys()
+    for key in a:  # the same seed gives the same initial weights; only fc may have moved
+        if key.startswith("fc."):
+            assert not torch.equal(a[key], b[key]), key
+        else:
+            assert torch.equal(a[key], b[key]), key
