@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cvkit import ui
-from cvkit.accel import (CachedSamples, cache_decoded_images, cacheable_head, caches_enabled, extract_features, frozen_backbone_model,
+from cvkit.accel import (CACHE_BUDGET_BYTES, CachedSamples, cache_decoded_images, cacheable_head, caches_enabled, extract_features, frozen_backbone_model,
                          frozen_head, to_channels_last, use_channels_last)
 from cvkit.build import (ModelSpec, decode_min_side, build_loss, build_model, build_optimizer, build_scheduler,
                          build_transform, model_spec)
@@ -457,6 +457,15 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
 
     workers = resolve_workers(config.workers, len(splits.train), spec.input_size, processes=info.local_world)
     deterministic = bool(plugins["transforms"].get(transform_name).meta.get("deterministic"))
+    decoded = None
+    if not deterministic:
+        # random augmentation: keep the decoded pictures of a small set in memory; decoding the
+        # training pictures counts in epoch one's training time, like feature extraction
+        decoded = cache_decoded_images([splits.train], workers=workers)
+        if decoded is not None and workers > 0 and config.workers in (None, "auto") and device.type == "cpu":
+            # what is left per image (the augmentation) is cheaper in this process than the
+            # hand-over from worker processes that share its cores (measured: docs/performance.md)
+            workers = 0
     if workers == 0 and caches_enabled():  # keep transformed samples where that cannot change them
         if deterministic:
             splits.train = CachedSamples(splits.train)
@@ -569,12 +578,11 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     elif (frozen := frozen_head(model, spec.head)) is not None:
         # random augmentation: the backbone runs every step, but fused and without autograd
         phase_model = frozen_backbone_model(model, frozen, channels_last=channels_last)
-    decoded = None
-    if head is None:  # random augmentation: keep the decoded pictures of a small set in memory
-        decoded = cache_decoded_images([d for d in (splits.train, splits.val) if not isinstance(d, CachedSamples)],
-                                       workers=workers)
-        if decoded is not None:
-            extract_seconds = decoded["seconds"]  # counts in epoch one, like feature extraction
+    if decoded is not None:
+        extract_seconds += decoded["seconds"]
+        if not isinstance(splits.val, CachedSamples):
+            kept_val = cache_decoded_images([splits.val], workers=workers, budget=CACHE_BUDGET_BYTES - decoded["bytes"])
+            decoded["images"] += kept_val["images"] if kept_val else 0
     frozen_backbone = phase_model is not model and head is None
     if info.enabled:  # gradients of the trainable parameters are averaged across processes
         from torch.nn.parallel import DistributedDataParallel
