@@ -80,3 +80,19 @@ def test_unknown_command_is_usage_error():
     assert proc.returncode == 2
     assert "No such command" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_command_that_imported_torch_exits_without_interpreter_teardown(tmp_path):
+    """cvkit run as the program ends with os._exit after a torch command: atexit handlers still
+    run, output is complete, and the exit status is the command's."""
+    marker = tmp_path / "atexit-ran"
+    script = (f"import atexit, sys; atexit.register(lambda: open({str(marker)!r}, 'w').write('yes')); "
+              f"sys.argv = ['cvkit'] + sys.argv[1:]; from cvkit.cli import main; main()")
+    ok = subprocess.run([sys.executable, "-c", script, "device", "--json"], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["versions"]["torch"]  # the whole document arrived
+    assert marker.read_text() == "yes"
+    bad = subprocess.run([sys.executable, "-m", "cvkit", "predict", str(tmp_path / "missing.jpg"),
+                          "--checkpoint", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode in (3, 4) and bad.stderr.count("cvkit: error:") == 1, bad.stderr
