@@ -80,7 +80,8 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     task = progress.add_task(description, total=len(loader), rate="", stats="") if progress else None
     start = time.perf_counter()
     stopped_at = None
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if training else []
+    named = getattr(model, "module", model).named_parameters()  # DistributedDataParallel: its module's names
+    trainable = [(n, p) for n, p in named if p.requires_grad] if training else []
     batches = None
     try:
         with _fetching(stop):
