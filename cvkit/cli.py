@@ -162,7 +162,8 @@ def make_app(plugins=None) -> typer.Typer:
                       patience=patience, on_bad_image=on_bad_image, out=out, options=parse_opts(opt) or None)
         summary = train_command(cli_values={k: v for k, v in values.items() if v is not None},
                                 config_file=config, resume=resume, json=json)
-        if json and os.environ.get("RANK", "0") in ("", "0"):  # distributed: rank 0 speaks for the job
+        if json and (_world_size() <= 1 or os.environ.get("RANK") in (None, "", "0")):
+            # distributed: rank 0 speaks for the job
             ui.print_json(summary)
 
     @app.command("eval", rich_help_panel="Train and use")
@@ -294,6 +295,14 @@ def _verbose(argv: list[str]) -> bool:
 _LAUNCH_ARGV: list[str] = []
 
 
+def _world_size() -> int:
+    """torchrun's WORLD_SIZE (1 when unset or not a number: then no rank speaks for others)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cvkit`` console script: known errors become one line and an exit code.
 
@@ -348,7 +357,7 @@ def _main(argv: list[str] | None) -> None:
         if verbose:
             traceback.print_exc()
         rank = os.environ.get("RANK", "")
-        if int(os.environ.get("WORLD_SIZE") or 1) <= 1:
+        if _world_size() <= 1:
             ui.error(message_of(exc))
         elif rank in ("", "0") or not isinstance(exc, TrainingStopped):  # rank 0 says why the job stopped
             ui.error(f"[rank {rank}] {message_of(exc)}")

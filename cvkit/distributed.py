@@ -90,6 +90,8 @@ def from_env(environ=None) -> Dist:
             raise UsageError(f"{name}={raw!r}: not a whole number (set by torchrun)") from None
 
     world = number("WORLD_SIZE", 1)
+    if world == 1:  # one process, whatever else the environment holds (a stray RANK, say)
+        return Dist(restart=number("TORCHELASTIC_RESTART_COUNT", 0), run_id=env.get("TORCHELASTIC_RUN_ID") or None)
     rank = number("RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"RANK={rank}, WORLD_SIZE={world}: not a valid process rank (set by torchrun)")

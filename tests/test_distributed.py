@@ -97,6 +97,7 @@ def test_environment_of_torchrun_is_read_and_checked():
     assert (info.rank, info.world, info.local_rank, info.restart, info.run_id) == (1, 2, 1, 3, "job")
     assert info.enabled and not info.is_main
     assert not distributed.from_env({}).enabled
+    assert not distributed.from_env({"RANK": "3"}).enabled  # a stray RANK without WORLD_SIZE: one process
     with pytest.raises(UsageError, match="RANK=2"):
         distributed.from_env({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(UsageError, match="WORLD_SIZE"):
