@@ -4,6 +4,7 @@ backbone features. Each is measured in ``benchmarks/`` and documented in docs/pe
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 CACHE_BUDGET_BYTES = 2 * 2**30  # transformed samples kept in memory across epochs, at most
@@ -114,7 +115,7 @@ def cache_decoded_images(datasets, *, budget: int = CACHE_BUDGET_BYTES, workers:
             for path in paths:
                 try:
                     with Image.open(path) as img:
-                        estimate += img.size[0] * img.size[1] * max(1, len(img.getbands()))
+                        estimate += _picture_bytes(img)
                 except Exception:  # noqa: BLE001 - the loader below names an unreadable file
                     pass
                 if estimate > budget:
@@ -184,29 +185,34 @@ def cacheable_head(model, head: str | None, deterministic: bool) -> str | None:
     return frozen_head(model, head)
 
 
-def frozen_backbone_model(model, head: str, *, channels_last: bool = False):
-    """A module that trains a frozen-backbone model faster: ``head(backbone(x))`` where the
-    backbone is a copy of the model without its head, with each BatchNorm folded into the
-    convolution before it (exact in eval mode, where a frozen backbone stays), run without
-    autograd; the head is the model's own module, so the optimizer's parameters and the
-    checkpoint's state dict stay the model's. For random augmentation, where features cannot be
-    cached; the backbone must be frozen (:func:`frozen_head`)."""
-    import copy
-
-    import torch
+@contextlib.contextmanager
+def _headless(model, head: str):
+    """``model`` with its ``head`` replaced by Identity (the backbone alone) inside the block;
+    yields the head."""
     from torch import nn
 
     layer = getattr(model, head)
     setattr(model, head, nn.Identity())
     try:
-        backbone = copy.deepcopy(model)
+        yield layer
     finally:
         setattr(model, head, layer)
-    backbone._forward_pre_hooks.clear()  # the channels_last hook: done below, once
-    backbone.eval()
-    backbone = _fuse_conv_bn(backbone)
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
+
+
+def frozen_backbone_model(model, head: str):
+    """A module that trains a frozen-backbone model faster: ``head(backbone(x))`` where the
+    backbone is a copy of the model without its head made ready by :func:`for_inference`
+    (BatchNorm folded into the convolution before it, exact in eval mode, where a frozen backbone
+    stays) and run without autograd; the head is the model's own module, so the optimizer's
+    parameters and the checkpoint's state dict stay the model's. For random augmentation, where
+    features cannot be cached; the backbone must be frozen (:func:`frozen_head`)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    with _headless(model, head) as layer:
+        backbone = for_inference(copy.deepcopy(model))
     for p in backbone.parameters():
         p.requires_grad_(False)
 
@@ -223,8 +229,6 @@ def frozen_backbone_model(model, head: str, *, channels_last: bool = False):
             return self
 
         def forward(self, x):
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 features = self.backbone(x)
             return self.head(features)
@@ -258,23 +262,19 @@ def extract_features(model, head: str, loader, *, device, precision: str):
     """Run the backbone (the model with its head replaced by Identity) once over ``loader``, in
     eval mode without autograd; returns ``(features, labels)`` on the CPU in loader order."""
     import torch
-    from torch import nn
 
     from cvkit.train import autocast
 
-    layer = getattr(model, head)
-    setattr(model, head, nn.Identity())
     was_training = model.training
     model.eval()
     features, labels = [], []
     try:
-        with torch.inference_mode():
+        with _headless(model, head), torch.inference_mode():
             for x, y in loader:
                 with autocast(device, precision):
                     f = model(x.to(device, non_blocking=True))
                 features.append(f.float().cpu())
                 labels.append(y)
     finally:
-        setattr(model, head, layer)
         model.train(was_training)
     return torch.cat(features), torch.cat(labels)

@@ -70,6 +70,10 @@ class Dist:
         total, stops = flags.tolist()
         return total, stops > 0
 
+    def any(self, flag: bool, device) -> bool:
+        """Whether ``flag`` is set in any process (one all-reduce)."""
+        return self.step_flags(0.0, flag, device)[1]
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
@@ -90,14 +94,14 @@ def from_env(environ=None) -> Dist:
             raise UsageError(f"{name}={raw!r}: not a whole number (set by torchrun)") from None
 
     world = number("WORLD_SIZE", 1)
+    job = {"restart": number("TORCHELASTIC_RESTART_COUNT", 0), "run_id": env.get("TORCHELASTIC_RUN_ID") or None}
     if world == 1:  # one process, whatever else the environment holds (a stray RANK, say)
-        return Dist(restart=number("TORCHELASTIC_RESTART_COUNT", 0), run_id=env.get("TORCHELASTIC_RUN_ID") or None)
+        return Dist(**job)
     rank = number("RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"RANK={rank}, WORLD_SIZE={world}: not a valid process rank (set by torchrun)")
     return Dist(rank=rank, world=world, local_rank=number("LOCAL_RANK", 0),
-                local_world=number("LOCAL_WORLD_SIZE", 1), restart=number("TORCHELASTIC_RESTART_COUNT", 0),
-                run_id=env.get("TORCHELASTIC_RUN_ID") or None)
+                local_world=number("LOCAL_WORLD_SIZE", 1), **job)
 
 
 def setup(info: Dist, device):
@@ -159,8 +163,14 @@ class peer_errors:
     def __exit__(self, kind, exc, tb):
         if exc is None or not isinstance(exc, RuntimeError):
             return False
-        raise PeerLost(f"another process of this distributed job stopped or failed ({first_line(exc)}); "
-                       f"stopping this one too") from None
+        raise peer_lost(exc) from None
+
+
+def peer_lost(exc: BaseException, where: str = "", holds: str = "") -> PeerLost:
+    """The one-line error of a process whose peer died: ``where`` it noticed, what ``holds`` the
+    last checkpoint."""
+    return PeerLost(f"{where}{': ' if where else ''}another process of this distributed job stopped or failed "
+                    f"({first_line(exc)}); stopping this one too" + (f"; {holds}" if holds else ""))
 
 
 def is_peer_failure(exc: BaseException) -> bool:
@@ -318,12 +328,7 @@ def launch(nproc: int, cvkit_args: list[str]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                code = proc.wait()
-                break
-            except InterruptedError:  # pragma: no cover - wait is restarted by Python itself
-                continue
+        code = proc.wait()  # retried by Python after each forwarded signal (PEP 475)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

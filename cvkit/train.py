@@ -578,7 +578,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
             _set_rng_state(checkpoint.get("rng"), train_loader)
     elif (frozen := frozen_head(model, spec.head)) is not None:
         # random augmentation: the backbone runs every step, but fused and without autograd
-        phase_model = frozen_backbone_model(model, frozen, channels_last=channels_last)
+        phase_model = frozen_backbone_model(model, frozen)
     if decoded is not None:
         extract_seconds += decoded["seconds"]
         if not isinstance(splits.val, CachedSamples):
@@ -655,8 +655,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
                                    progress=progress, description=f"epoch {epoch}/{config.epochs} val",
                                    epoch=epoch, collect=True, stop=stop)
                 stopped = "stopped_at" in tr or "stopped_at" in va
-                if info.enabled:  # all processes stop together, or none does
-                    _, stopped = info.step_flags(0.0, stopped, device)
+                stopped = info.any(stopped, device)  # all processes stop together, or none does
                 if not stopped:
                     tr = distributed.reduce_phase(tr, info, device)
                     va = distributed.reduce_phase(va, info, device)
@@ -723,9 +722,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
                         if show_progress:
                             console.print(f"early stop: no better val accuracy for {config.patience} epochs")
                         break
-                late = bool(stop.requested)
-                if info.enabled:
-                    _, late = info.step_flags(0.0, late, device)
+                late = info.any(bool(stop.requested), device)
                 if late and epoch < config.epochs:  # came during validation or a save
                     info.barrier()
                     signum = stop.requested or signal.SIGTERM
@@ -740,10 +737,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     except RuntimeError as exc:  # a dead DataLoader worker can surface outside run_phase too
         problem = loader_failure(exc, train_loader, f"epoch {epoch}")
         if problem is None and info.enabled and distributed.is_peer_failure(exc):
-            problem = distributed.PeerLost(
-                f"epoch {epoch}: another process of this distributed job stopped or failed "
-                f"({distributed.first_line(exc)}); stopping this one too"
-                + (f"; {last_file} holds {holds}" if holds else ""))
+            problem = distributed.peer_lost(exc, f"epoch {epoch}", f"{last_file} holds {holds}" if holds else "")
         if problem is None:
             raise
         raise problem from None

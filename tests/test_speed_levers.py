@@ -149,7 +149,7 @@ def test_fused_frozen_backbone_trains_the_head_the_same(channels_last):
         to_channels_last(model)
     assert frozen_head(model, "fc") == "fc"
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = frozen_backbone_model(model, "fc", channels_last=channels_last)
+    fast = frozen_backbone_model(model, "fc")
     assert fast.head is model.fc  # the optimizer's parameters are the model's own
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())  # folded
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 1])
