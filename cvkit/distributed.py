@@ -314,7 +314,7 @@ def launch(nproc: int, cvkit_args: list[str]) -> int:
     cmd = torchrun_command(nproc, cvkit_args)
     from cvkit import ui
 
-    ui.err.print("cvkit: " + " ".join(shlex.quote(c) for c in cmd[1:]), markup=False, highlight=False,
+    ui.err.print("cvkit: running " + " ".join(shlex.quote(c) for c in cmd), markup=False, highlight=False,
                  soft_wrap=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
     received: list[int] = []
