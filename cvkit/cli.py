@@ -232,7 +232,7 @@ def make_app(plugins=None) -> typer.Typer:
 
         result = preview_batch(data, model=model, transforms=transforms, out=out, count=count, seed=seed,
                                val_split=val_split)
-        ui.out.print(result["path"])
+        ui.out.print(result["path"], markup=False, highlight=False, soft_wrap=True)  # a path is never wrapped
 
     data_app = typer.Typer(no_args_is_help=True, help="Make and check image folders.")
     app.add_typer(data_app, name="data", rich_help_panel="Data")

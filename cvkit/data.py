@@ -257,11 +257,14 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
                 for path in files:
                     try:
                         load_image(path)
+                        if layout == "folders":
+                            with open(path, "rb") as f:
+                                digest = hashlib.sha256(f.read()).hexdigest()
+                            digests.setdefault(name, {}).setdefault(digest, path)
                     except DataError as exc:
                         unreadable.append({"path": path, "error": str(exc)})
-                    if layout == "folders":
-                        with open(path, "rb") as f:
-                            digests.setdefault(name, {}).setdefault(hashlib.sha256(f.read()).hexdigest(), path)
+                    except OSError as exc:  # decoded, then gone or refused before it was hashed
+                        unreadable.append({"path": path, "error": f"{path}: cannot read ({exc.strerror or exc})"})
         duplicates = []
         if layout == "folders":
             train_digests = digests.get("train", {})

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cvkit.plugins import set_plugins
+for _var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE", "LINES"):
+    os.environ.pop(_var, None)
+os.environ.update(COLUMNS="200", NO_COLOR="1")  # before cvkit.ui is imported, below
+
+from cvkit.plugins import set_plugins  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,6 +58,11 @@ def fake_dist(tmp_path, monkeypatch):
     yield install
     for mod in added_modules:
         sys.modules.pop(mod, None)
+
+
+def words(text: str) -> str:
+    """``text`` with every run of whitespace (line breaks of wrapped output included) one space."""
+    return " ".join(text.split())
 
 
 @dataclass

@@ -67,7 +67,7 @@ def test_save_into_a_read_only_folder(tmp_path):
     folder.chmod(0o555)
     try:
         if os.access(folder, os.W_OK):
-            pytest.skip("running as root: a read-only folder is still writable")
+            pytest.skip("running as root: a read-only folder is still writable (see the stand-in below)")
         target = folder / "best.pt"
         with pytest.raises(CheckpointError) as info:
             save_checkpoint(_payload(), target)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
+from conftest import words
 from cvkit_plugins.demo import make_shapes
 
 FAST = ["--epochs", "1", "--workers", "0", "--batch-size", "8", "--lr", "0.01"]
@@ -80,9 +81,25 @@ def test_train_and_val_class_sets_must_match(cli, data, tmp_path):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+@pytest.fixture
+def start_method():
+    """Set the start method of DataLoader workers for one test (the default is the platform's:
+    fork on Linux up to Python 3.13, forkserver from 3.14, spawn on macOS and Windows)."""
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+
+    def use(method: str | None) -> None:
+        if method:
+            multiprocessing.set_start_method(method, force=True)
+
+    yield use
+    multiprocessing.set_start_method(before, force=True)
+
+
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text", "bomb"])
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_bad_image_stops_training_naming_the_file(cli, data, tmp_path, monkeypatch, kind, workers):
+@pytest.mark.parametrize("workers, method", [("0", None), ("1", "fork"), ("1", "spawn")])
+def test_bad_image_stops_training_naming_the_file(cli, data, tmp_path, start_method, kind, workers, method):
     bad = data / "train" / "square" / f"bad-{kind}.jpg"
     if kind == "truncated":
         _truncated_jpeg(bad)
@@ -90,9 +107,10 @@ def test_bad_image_stops_training_naming_the_file(cli, data, tmp_path, monkeypat
         bad.write_bytes(b"")
     elif kind == "text":
         bad.write_text("this is not a picture")
-    else:  # over Pillow's decompression-bomb limit (lowered, so the test file can be small)
-        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-        Image.new("L", (64, 64)).save(bad)
+    else:  # over twice Pillow's own decompression-bomb limit: 182 million pixels in a 22 kB PNG
+        Image.new("1", (13500, 13500)).save(bad, format="PNG")
+        assert Image.MAX_IMAGE_PIXELS and 13500 * 13500 > 2 * Image.MAX_IMAGE_PIXELS
+    start_method(method)
     args = [a if a != "0" else workers for a in FAST]
     r = cli("train", str(data), *args, "--out", str(tmp_path / "r"))
     assert r.code == 3, r.err
@@ -113,7 +131,7 @@ def test_on_bad_image_skip_continues_and_lists_the_files(cli, data, tmp_path):
     summary = json.loads(r.out)
     assert sorted(item["path"] for item in summary["skipped_images"]) == sorted([str(truncated), str(empty)])
     human = cli("train", str(data), *FAST, "--on-bad-image", "skip", "--out", str(tmp_path / "r2"))
-    assert "skipped 2 unreadable images" in human.out and "broken.jpg" in human.out
+    assert "skipped 2 unreadable images" in words(human.out) and "broken.jpg" in human.out
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -169,10 +187,33 @@ def test_flat_tree_is_checked_as_one_split(cli, data, tmp_path):
     assert report["layout"] == "split" and report["splits"]["all"]["images"] == 16
 
 
+def _check_unreadable_file(cli, data, path: Path) -> None:
+    r = cli("data", "check", str(data), "--json")
+    assert r.code == 3 and "Traceback" not in r.err, r.err
+    report = json.loads(r.out)
+    assert [u["path"] for u in report["unreadable"]] == [str(path)]
+    assert "ermission denied" in report["unreadable"][0]["error"]
+
+
 def test_unreadable_folder_entries_do_not_crash_the_check(cli, data):
     if os.geteuid() == 0:
-        pytest.skip("root reads every file regardless of permissions")
+        pytest.skip("root reads every file regardless of permissions; the stand-in below covers it")
     p = data / "train" / "circle" / "circle_0000.png"
     p.chmod(0)
-    report = json.loads(cli("data", "check", str(data), "--json").out)
-    assert [u["path"] for u in report["unreadable"]] == [str(p)]
+    _check_unreadable_file(cli, data, p)
+
+
+def test_a_file_the_user_may_not_read_is_listed_not_a_crash(cli, data, monkeypatch):
+    """The case above for every user, root included: opening that one file is refused."""
+    import builtins
+
+    p = data / "train" / "circle" / "circle_0000.png"
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(p):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    _check_unreadable_file(cli, data, p)

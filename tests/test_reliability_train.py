@@ -326,13 +326,14 @@ def test_signal_to_a_training_process_saves_and_says_how_to_resume(cli, shapes, 
     proc, events = _start(["train", str(shapes), *FAST, "--workers", workers, "--epochs", "1000", "--out", str(run)],
                           tmp_path)
     _wait_for(proc, events, "saved last.pt")  # training is under way
-    time.sleep(random.uniform(0, 0.3))
+    delay = random.Random(f"{signum}-{workers}-{to}").uniform(0, 0.3)  # a reproducible moment of the epoch
+    time.sleep(delay)
     if to == "group":
         os.killpg(proc.pid, signum)
     else:
         proc.send_signal(signum)
     rc, out, err = _finish(proc)
-    assert rc == code, err
+    assert rc == code, f"signalled {delay:.3f} s after a save: {err}"
     line = _one_line(err)
     assert f"{signal.Signals(signum).name}: stopped" in line and f"cvkit train --resume {run}" in line
     last = load_checkpoint(run / "last.pt")
