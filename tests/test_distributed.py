@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,7 +154,30 @@ def test_two_processes_write_one_run_whose_accuracy_eval_repeats(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_learn_like_one_with_the_same_global_batch(toy, tmp_path):
+def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path):
+    """16 training images, a global batch of 16: each epoch is one step over the same 16 images,
+    whichever process holds which 8, so DDP's averaged gradient must give one process's weights."""
+    data = draw_stripes(tmp_path / "one-batch", train=4, val=2, seed=7)
+    args = [*TRAIN, "--epochs", "3", "--batch-size", "16", "--json"]
+    states = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        r = _run([sys.executable, "-m", "cvkit", "train", str(data), *args, "--out", str(tmp_path / name), *extra])
+        assert r.returncode == 0, r.stderr[-3000:]
+        ckpt = torch.load(tmp_path / name / "last.pt", weights_only=True)
+        assert ckpt["run"]["processes"] == (2 if extra else 1)
+        states[name] = ckpt
+    one, two = states["one"]["model_state"], states["two"]["model_state"]
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], rtol=1e-4, atol=1e-5), key
+    losses = [[h["train_loss"] for h in states[n]["history"]] for n in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4) and losses[0][0] != losses[0][-1], losses
+
+
+@pytest.mark.slow
+def test_two_processes_learn_the_toy_set_as_well_as_one(toy, tmp_path):
+    """Different data orders (DistributedSampler shuffles on its own), so the same accuracy only
+    within a few images; the test above checks the steps themselves."""
     args = [*TRAIN, "--epochs", "4", "--batch-size", "16", "--json"]
     one = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
@@ -217,6 +241,11 @@ def test_killing_one_rank_ends_the_job_within_bounded_time(toy, tmp_path):
         out, err = proc.communicate()
     assert code != 0
     assert took < 60, took
+    # rank 0 notices, says so in one line naming what last.pt holds, and leaves with exit 7, which
+    # torchrun's failure summary reports
+    lines = [line for line in err.splitlines() if "another process of this distributed job stopped" in line]
+    assert len(lines) == 1 and "[rank 0]" in lines[0] and f"{run / 'last.pt'} holds epoch" in lines[0], err[-3000:]
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*\n\s*exitcode\s*: 7\b", err), err[-3000:]
     for pid in ranks.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     torch.load(run / "last.pt", weights_only=True)  # the last saved checkpoint is intact
@@ -261,10 +290,36 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_and_saves(toy, tmp_path):
     assert "SIGINT: stopped" in err and "--nproc 2" in err
     assert err.count("SIGINT: stopped") == 1  # rank 0 alone says it
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    if "interrupted" in ckpt:  # stopped inside a train phase: every rank at the same step
+    if ckpt["interrupted"]:  # stopped inside a train phase: every rank at the same step
         assert ckpt["interrupted"]["processes"] == 2 and "stopped in epoch" in err
-    else:  # the signal came during validation or a save
+    else:  # the signal came during validation or a save (the next test makes sure of it)
         assert "stopped after epoch" in err
+
+
+CHILD = str(Path(__file__).with_name("train_child.py"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_validation_finishes_and_saves_that_epoch_on_every_rank(toy, tmp_path):
+    """The signal lands while both ranks validate epoch 1 (tests/train_child.py holds them there)."""
+    run, events = tmp_path / "run", tmp_path / "events.txt"
+    events.touch()
+    proc = subprocess.Popen([sys.executable, CHILD, "train", str(toy), *TRAIN, "--epochs", "200",
+                             "--batch-size", "16", "--out", str(run), "--nproc", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=_env(CHILD_EVENTS=str(events), CHILD_WAIT_IN_VAL="1"))
+    try:
+        both = _wait_for(lambda: {"validating 0", "validating 1"} <= set(events.read_text().splitlines()), 180)
+        assert both, f"the ranks never reached validation: {events.read_text()!r}"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert err.count("SIGINT: stopped after epoch 1") == 1, err[-3000:]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["interrupted"] is None and [h["epoch"] for h in ckpt["history"]] == [1]
 
 
 @pytest.mark.slow

@@ -11,6 +11,13 @@ cvkit, and are chosen by environment variables:
     (the temporary file is complete and synced, the rename has not happened).
 ``CHILD_SIGNAL_IN_EVAL=SIGNAME``
     raise that signal in this process when ``cvkit eval`` starts its pass over the images.
+``CHILD_WAIT_IN_VAL=N``
+    at the start of the N-th validation pass of training, write ``validating RANK`` and wait (60 s
+    at most) until this process receives SIGINT or SIGTERM; cvkit's own handler receives it too,
+    then validation goes on.
+
+Under ``cvkit train --nproc N`` the processes that torchrun starts run this file too, with the same
+hooks (``torchrun_command`` is patched to start it instead of ``-m cvkit``).
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ def install_hooks() -> None:
     torch.save = torch_save
     cvkit.checkpoint.os.replace = replace  # the os module itself: only .pt targets pause
 
+    _hook_val_wait(cvkit.train)
+    _hook_launcher()
+
     name = os.environ.get("CHILD_SIGNAL_IN_EVAL")
     if name:
         real_run_phase = cvkit.train.run_phase
@@ -83,6 +93,58 @@ def install_hooks() -> None:
             return real_run_phase(*args, **kwargs)
 
         cvkit.train.run_phase = run_phase
+
+
+def _wait_for_a_signal(seconds: float = 60) -> None:
+    """Sleep until SIGINT or SIGTERM arrives, passing it on to the handler cvkit installed."""
+    got = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def note(signum, frame):
+        got.append(signum)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+
+    for s in previous:
+        signal.signal(s, note)
+    try:
+        deadline = time.monotonic() + seconds
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _hook_val_wait(train_module) -> None:
+    nth = int(os.environ.get("CHILD_WAIT_IN_VAL", "0"))
+    if not nth:
+        return
+    real_run_phase, calls = train_module.run_phase, {"val": 0}
+
+    def run_phase(*args, **kwargs):
+        if kwargs.get("optimizer") is None:
+            calls["val"] += 1
+            if calls["val"] == nth:
+                _event(f"validating {os.environ.get('RANK', '0')}")
+                _wait_for_a_signal()
+        return real_run_phase(*args, **kwargs)
+
+    train_module.run_phase = run_phase
+
+
+def _hook_launcher() -> None:
+    import cvkit.distributed
+
+    real = cvkit.distributed.torchrun_command
+
+    def torchrun_command(nproc, cvkit_args):
+        cmd = real(nproc, cvkit_args)
+        at = cmd.index("-m", 2)  # the module torchrun runs: this file instead of cvkit
+        return [*cmd[:at], os.path.abspath(__file__), *cmd[at + 2:]]
+
+    cvkit.distributed.torchrun_command = torchrun_command
 
 
 if __name__ == "__main__":
