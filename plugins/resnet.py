@@ -12,6 +12,26 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class _HubMessages:
+    """torch.hub's output on its way to stderr, without its ``Downloading: "URL" to PATH`` line:
+    offline, cvkit's error is then the only line; a download in progress still shows its bar."""
+
+    def __init__(self, target):
+        self.target, self.downloaded = target, False
+
+    def write(self, text: str) -> int:
+        if text.startswith("Downloading: "):
+            self.downloaded = True
+            return len(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+
 def _imagenet_state_dict():
     import contextlib
     import sys
@@ -19,10 +39,17 @@ def _imagenet_state_dict():
     from torchvision.models import ResNet18_Weights
 
     weights = ResNet18_Weights.IMAGENET1K_V1
+    hub = _HubMessages(sys.stderr)
     try:
-        # torch.hub prints "Downloading: ..." on stdout: keep stdout for results (--json) only
-        with contextlib.redirect_stdout(sys.stderr):
-            return weights.get_state_dict(progress=True, check_hash=True)
+        # stdout stays for results (--json) only
+        with contextlib.redirect_stdout(hub), contextlib.redirect_stderr(hub):
+            state = weights.get_state_dict(progress=True, check_hash=True)
+        if hub.downloaded:
+            from cvkit import ui
+
+            ui.err.print(f"cvkit: downloaded resnet18's ImageNet weights ({weights.url}) into torch's cache",
+                         markup=False, highlight=False, soft_wrap=True)
+        return state
     except (OSError, RuntimeError) as exc:  # URLError, socket errors, hash mismatch
         raise CheckpointError(
             f"--weights imagenet: cannot download resnet18's ImageNet weights from {weights.url} "
