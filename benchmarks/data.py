@@ -16,6 +16,8 @@ Three trees under ``ROOT/full/`` (``ROOT/quick/`` for ``--quick``; ROOT defaults
 A tree is reused when its marker (``.bench-data.json``) says it is complete and was drawn with the
 same parameters; otherwise it is drawn again (a folder that is not benchmark data is never
 deleted). ``python benchmarks/data.py [ROOT] [--quick]`` draws them and prints a summary.
+``benchmarks/backbone.py`` keeps the frozen rows' pretrained resnet18 beside them
+(``ROOT/full/backbone/``), cached with the same kind of marker.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ weights kept). Models and transforms are the chapter's:
 - ``resnet18-frozen``: the chapter's ``model_conv``: ``requires_grad = False`` for every backbone
   parameter, a new ``fc``, the optimizer over ``model_conv.fc.parameters()`` only. (As written in
   the chapter, ``model.train()`` puts the frozen backbone's BatchNorm layers in training mode too.)
+- ``--backbone PATH`` (resnets): the backbone starts from a torchvision resnet18 state dict (with
+  its own ``fc``, e.g. the 1000-way one of ``benchmarks/backbone.py``), loaded the way the chapter
+  loads ImageNet weights: ``load_state_dict`` into ``resnet18()``, then the new ``fc``;
 - ``--transforms chapter`` (resnets): train ``RandomResizedCrop(224), RandomHorizontalFlip()``,
   val ``Resize(256), CenterCrop(224)``, then ``ToTensor()`` and ImageNet ``Normalize``;
   ``--transforms plain``: ``Resize(224), CenterCrop(224)`` for both, deterministic, like cvkit's
@@ -23,10 +26,11 @@ phases; validation excluded), ``best_val_accuracy``, and per epoch the images an
 phase.
 
 ``python benchmarks/plain.py predict FOLDER --checkpoint CK --out PRED.json`` is a plain torchvision
-predict script: it rebuilds the model from a cvkit checkpoint's state dict, then for each JPEG, one
-at a time (``--batch-size 1``, as a typical script: open, transform, ``unsqueeze(0)``, forward under
-``torch.no_grad()`` in eval mode, argmax), writes the top-1 class per image to PRED.json and prints
-its timing as JSON.
+predict script: it rebuilds the model from a cvkit checkpoint's state dict, then goes through the
+JPEGs in the main process (no DataLoader), by default one at a time (``--batch-size 1``, as a typical
+script: open, transform, ``unsqueeze(0)``, forward under ``torch.no_grad()`` in eval mode, argmax),
+or ``--batch-size N`` at a time (the transformed images stacked into one fp32 batch), writes the
+top-1 class per image to PRED.json and prints its timing as JSON.
 """
 
 from __future__ import annotations
@@ -69,11 +73,14 @@ def make_net(num_classes: int):
     return Net()
 
 
-def make_resnet(num_classes: int, frozen: bool):
+def make_resnet(num_classes: int, frozen: bool, backbone: str | None = None):
+    import torch
     from torch import nn
     from torchvision import models
 
     model = models.resnet18(weights=None)
+    if backbone:  # as the chapter's resnet18(weights=...): the whole net's weights, its fc replaced below
+        model.load_state_dict(torch.load(backbone, map_location="cpu", weights_only=True))
     if frozen:
         for param in model.parameters():
             param.requires_grad = False
@@ -118,13 +125,15 @@ def train(args) -> dict:
     class_names = image_datasets["train"].classes
 
     if args.model == "net":
+        if args.backbone:
+            raise SystemExit("--backbone: for the resnet models only")
         model = make_net(len(class_names))
         params = model.parameters()
     elif args.model == "resnet18-finetune":
-        model = make_resnet(len(class_names), frozen=False)
+        model = make_resnet(len(class_names), frozen=False, backbone=args.backbone)
         params = model.parameters()
     elif args.model == "resnet18-frozen":
-        model = make_resnet(len(class_names), frozen=True)
+        model = make_resnet(len(class_names), frozen=True, backbone=args.backbone)
         params = model.fc.parameters()  # only the final layer is optimized
     else:
         raise SystemExit(f"unknown model {args.model!r}")
@@ -187,7 +196,8 @@ def train(args) -> dict:
     return {
         "kind": "plain-train", "model": args.model, "transforms": args.transforms if args.model != "net" else "chapter",
         "data": args.data, "classes": class_names, "epochs": args.epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "workers": args.workers, "seed": args.seed, "device": str(device), "precision": "fp32",
+        "lr": args.lr, "workers": args.workers, "seed": args.seed, "backbone": args.backbone,
+        "device": str(device), "precision": "fp32",
         "threads": torch.get_num_threads(), "train_size": dataset_sizes["train"], "val_size": dataset_sizes["val"],
         "train_images_per_second": round(train_images / train_seconds, 3) if train_seconds else None,
         "best_val_accuracy": best_acc, "best_epoch": best_epoch,
@@ -255,6 +265,8 @@ def main(argv=None) -> int:
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
+    t.add_argument("--backbone", metavar="PATH",
+                   help="resnets: start from this resnet18 state dict (its fc is replaced) [random weights]")
     p = sub.add_parser("predict", help="a plain torchvision predict script")
     p.add_argument("folder")
     p.add_argument("--checkpoint", required=True)

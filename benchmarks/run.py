@@ -1,47 +1,77 @@
 """cvkit against the plain chapter code, side by side, on data this script draws itself.
 
-    python benchmarks/run.py                      # the full benchmark (~11 min on 2 quiet CPU cores)
-    python benchmarks/run.py --quick              # tiny sizes, 1-2 epochs: checks the harness (~2 min)
+    python benchmarks/run.py                      # the full benchmark (~14 min on 2 quiet CPU cores)
+    python benchmarks/run.py --quick              # tiny sizes, 1-2 epochs: checks the harness (~3 min)
     python benchmarks/run.py --rows net,help --out results.json
     python benchmarks/run.py --device cuda --rows frozen,frozen-cached,finetune,predict
     python benchmarks/run.py --cvkit-ref 429ec50  # cvkit as of a commit instead of the working tree
 
 Every measurement is a subprocess of this one, run one after another (never two at once), with the
-same data, epochs, batch size, learning rate and seed on both sides; each training and predict
-command runs twice (``--repeat``), plain and cvkit alternating, and each side's fastest run counts:
+same data, epochs, batch size, learning rate and seed on both sides. Each command runs ``--repeat``
+times (default 2), the sides alternating, and each side's fastest run counts:
 
 - plain: ``benchmarks/plain.py`` (the chapter's ImageFolder -> DataLoader -> model ->
   CrossEntropyLoss -> SGD momentum 0.9 -> StepLR loop and ``train_model``, fp32; and a plain
   torchvision predict script);
-- cvkit: ``cvkit train DATA --model M --weights none ... --json --out RUN`` and
+- cvkit: ``cvkit train DATA --model M --weights W ... --json --out RUN`` and
   ``cvkit predict FOLDER --checkpoint RUN/best.pt --json``, with cvkit's defaults otherwise
   (``--precision auto``, ``--workers auto`` unless ``--cvkit-workers`` says otherwise).
+
+Honest baselines. The plain loop of every training row runs in two configurations
+(``--plain-workers``, default ``0,chapter``): with no DataLoader workers, which is what cvkit's
+``--workers auto`` picks on a small CPU and measured ~1.5x faster for the plain loop on 2 cores, and
+with the chapter's count as written (``CHAPTER_WORKERS``: 2 for net, 4 for the resnets, restarted
+every phase). The headline ratio and its target are against the FASTER plain configuration; the
+ratio against each other configuration is shown beside it, without a target. The first
+configuration listed runs ``--repeat`` times like cvkit; the others ``--repeat-others`` times
+(default 1), which keeps the full benchmark near 14 minutes. A configuration run once is at a small
+disadvantage in the best-of-N choice; the chapter's count is the slower one on a small CPU, so it
+rarely decides the target, and ``--repeat-others 2`` removes the asymmetry (~3 minutes more).
+
+Accuracy guards. Every training row reports the best validation accuracy of cvkit and of each plain
+configuration, and fails (whatever its speed) when cvkit's is below the best plain one by more than
+``ACCURACY_TOLERANCE`` points: 1 for net (300 validation pictures, so 3 pictures; the plain loop
+reaches ~99.7% there, and a faster loop that learns less is no gain) and 5 for the resnet rows
+(90 validation pictures, one picture is 1.1 points, and a 2-4 epoch run lands a few pictures either
+way with the augmentation's draws; 5 points still catches a head or backbone that learned clearly
+less). Being more accurate than the plain loop never fails. ``judge`` is the rule.
 
 Rows (``--rows``, comma-separated; default all):
 
 - ``net``: the chapter's Net on the grayscale 32x32 set, 10 epochs: train images/s (images / seconds
-  in train phases) cvkit / plain, and both best validation accuracies.
+  in train phases) cvkit / plain, and the best validation accuracies.
 - ``frozen``: resnet18-frozen with the chapter's augmentation: train images/s cvkit / plain.
 - ``frozen-cached``: resnet18-frozen with ``--transforms plain`` (deterministic, so cvkit may cache
   backbone features): images/s of the epochs after the first, cvkit / plain. If cvkit's
-  ``metrics.csv`` has a ``train_seconds`` column the train phases are compared; otherwise (cvkit
-  today) its ``seconds`` column, the whole epoch (train + val), is compared with the plain loop's
-  whole epoch, and the table says so.
-- ``finetune``: resnet18-finetune with the chapter's augmentation: train images/s cvkit / plain.
+  ``metrics.csv`` has a ``train_seconds`` column the train phases are compared; otherwise its
+  ``seconds`` column, the whole epoch (train + val), is compared with the plain loop's whole epoch,
+  and the table says so.
+- ``finetune``: resnet18-finetune (random initialisation on both sides) with the chapter's
+  augmentation: train images/s cvkit / plain.
 - ``predict``: a folder of JPEGs: images/s of the whole command (process start to exit, the same for
-  both) cvkit / plain script (one image at a time, ``--plain-predict-batch``), and the top-1
-  agreement of cvkit's default precision with ``--precision fp32``. The checkpoint is the
-  ``frozen`` row's cvkit run, or a 1-epoch resnet18-frozen cvkit run when that row is not run.
+  both) cvkit / the faster of two plain scripts, one image at a time (``--plain-predict-batch``,
+  default 1) and batched (``--plain-predict-batched``, default 32; both fp32, no DataLoader), with
+  the ratio against the other beside it; the top-1 agreement of cvkit's default precision with
+  ``--precision fp32``. The checkpoint is the ``frozen`` row's cvkit run, or a 1-epoch
+  resnet18-frozen cvkit run from the same backbone when that row is not run.
 - ``help``: median wall time of ``cvkit --help`` / median of ``python -c "import torch"``, the two
   interleaved.
 
-The table has a target column (the issue's: net >= 1.5x with accuracy within 1 point, frozen >= 3x,
-cached >= 20x per epoch, finetune >= 2x, predict >= 2x with >= 99% agreement, help <= 0.15) and
-pass/fail. ``--out FILE`` writes every raw number as JSON. Each measurement also records the CPU
-time of its process tree and how busy the rest of the machine was meanwhile (``others``: the share
-of all cores used by processes not ours, from /proc/stat): the machine is shared, so a high share
-means that row's timing is noisy. The exit status is 1 when a command failed, else 0 (also when
-targets fail).
+The frozen rows' backbone. A frozen backbone of random weights gives meaningless features (in eval
+mode its BatchNorm uses the statistics of a net that never saw a picture), so before the frozen rows
+``benchmarks/backbone.py`` trains torchvision's resnet18 briefly on the benchmark's own RGB training
+pictures (plain PyTorch, seeded; cached beside the data, keyed by its parameters). Both sides of the
+``frozen`` and ``frozen-cached`` rows (and the predict row's checkpoint) start from that state dict:
+cvkit with ``--weights PATH``, the plain loop with ``plain.py train --backbone PATH``; each puts a
+fresh ``fc`` on it.
+
+The table has a target column (the issue's: net >= 1.5x, frozen >= 3x, cached >= 20x per epoch,
+finetune >= 2x, predict >= 2x with >= 99% agreement, help <= 0.15; and the accuracy guards) and
+pass/FAIL; a training row passes only when both its speed target and its accuracy guard pass.
+``--out FILE`` writes every raw number as JSON. Each measurement also records the CPU time of its
+process tree and how busy the rest of the machine was meanwhile (``others``: the share of all cores
+used by processes not ours, from /proc/stat): the machine is shared, so a high share means that
+row's timing is noisy. The exit status is 1 when a command failed, else 0 (also when targets fail).
 """
 
 from __future__ import annotations
@@ -64,9 +94,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import backbone as bench_backbone  # noqa: E402
 import data as bench_data  # noqa: E402
 
 ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help")
+TRAINING_ROWS = ("net", "frozen", "frozen-cached", "finetune")
 
 # (epochs, batch size, lr) per row, full and --quick
 FULL = {"net": (10, 32, 0.05), "frozen": (3, 32, 0.01), "frozen-cached": (4, 32, 0.01),
@@ -76,15 +108,20 @@ QUICK = {"net": (2, 32, 0.05), "frozen": (1, 8, 0.01), "frozen-cached": (2, 8, 0
 
 MODELS = {"frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen", "finetune": "resnet18-finetune"}
 CHAPTER_WORKERS = {"net": 2, "frozen": 4, "frozen-cached": 4, "finetune": 4}  # CIFAR chapter: 2; transfer: 4
+BACKBONE_ROWS = ("frozen", "frozen-cached")  # start from benchmarks/backbone.py's state dict on both sides
 
-TARGETS = {
-    "net": 1.5, "net-accuracy": 1.0, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0,
-    "predict": 2.0, "predict-agreement": 0.99, "help": 0.15,
-}
+TARGETS = {"net": 1.5, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0,
+           "predict": 2.0, "predict-agreement": 0.99, "help": 0.15}
+# how many points cvkit's best val accuracy may lie below the best plain configuration's (see the docstring)
+ACCURACY_TOLERANCE = {"net": 1.0, "frozen": 5.0, "frozen-cached": 5.0, "finetune": 5.0}
 
 
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def log(message: str) -> None:
@@ -213,8 +250,9 @@ class Bench:
         self.env = cvkit_env(args.cvkit_source)
         self.results: dict = {}
         self.checkpoint: str | None = None
+        self.backbone: dict | None = None  # benchmarks/backbone.py's summary, once trained or found
 
-    def settings(self, row: str):
+    def settings(self, row: str) -> tuple[int, int, float]:
         epochs, batch, lr = self.sizes[row]
         override = {"net": self.args.epochs_net, "frozen": self.args.epochs_frozen,
                     "frozen-cached": self.args.epochs_cached, "finetune": self.args.epochs_finetune}[row]
@@ -226,58 +264,61 @@ class Bench:
             lr = self.args.lr_net
         if row != "net" and self.args.lr_resnet is not None:
             lr = self.args.lr_resnet
-        if self.args.plain_workers == "chapter":
-            workers = CHAPTER_WORKERS[row]
-        else:
-            workers = int(self.args.plain_workers)
-        return epochs, batch, lr, workers
+        return epochs, batch, lr
 
-    def pairs(self, run_plain, run_cvkit) -> tuple[dict, dict]:
-        """Run the plain and the cvkit side ``--repeat`` times, alternating; keep each side's run
-        with the shortest wall time (the least disturbed by other processes) and list all runs."""
-        plains, cvkits = [], []
-        for attempt in range(1, self.args.repeat + 1):
-            plains.append(run_plain(attempt))
-            cvkits.append(run_cvkit(attempt))
-        chosen = []
-        for runs in (plains, cvkits):
-            best = dict(min(runs, key=lambda r: r["wall_seconds"]))
-            if len(runs) > 1:
-                best["attempts"] = [{"wall_seconds": r["wall_seconds"], "others_busy": r["others_busy"],
-                                     "train_images_per_second": (r.get("result") or {}).get("train_images_per_second")}
-                                    for r in runs]
-            chosen.append(best)
-        return chosen[0], chosen[1]
+    def plain_workers(self, row: str, config: str) -> int:
+        """The plain loop's DataLoader workers in a ``--plain-workers`` configuration."""
+        return CHAPTER_WORKERS[row] if config == "chapter" else int(config)
+
+    def repeats(self, config: str) -> int:
+        """Runs of a plain configuration: the first listed runs as often as cvkit."""
+        return self.args.repeat if config == self.args.plain_workers[0] else self.args.repeat_others
+
+    def alternate(self, runners: dict) -> dict:
+        """``runners`` maps a name to ``(run(attempt), times)``: attempt by attempt, each runs in turn
+        while it has runs left. Returns each name's run with the shortest wall time (the least
+        disturbed by other processes)."""
+        runs = {name: [] for name in runners}
+        for attempt in range(1, max(times for _, times in runners.values()) + 1):
+            for name, (run, times) in runners.items():
+                if attempt <= times:
+                    runs[name].append(run(attempt))
+        return {name: fastest(recs) for name, recs in runs.items()}
 
     def _suffix(self, attempt: int) -> str:
-        return f"-{attempt}" if self.args.repeat > 1 else ""
+        return f"-{attempt}" if max(self.args.repeat, self.args.repeat_others) > 1 else ""
 
-    def plain_train(self, row: str, model: str, data: str, transforms: str, attempt: int = 1) -> dict:
-        epochs, batch, lr, workers = self.settings(row)
+    def plain_train(self, row: str, model: str, data: str, transforms: str, config: str, *,
+                    backbone: str | None = None, attempt: int = 1) -> dict:
+        epochs, batch, lr = self.settings(row)
+        workers = self.plain_workers(row, config)
         cmd = [sys.executable, str(HERE / "plain.py"), "train", data, "--model", model, "--transforms", transforms,
                "--epochs", str(epochs), "--batch-size", str(batch), "--lr", str(lr), "--workers", str(workers),
                "--seed", str(self.args.seed), "--device", self.args.device]
+        if backbone:
+            cmd += ["--backbone", backbone]
         log(f"{row}: plain {model} ({transforms} transforms), {_epochs(epochs)}, batch {batch}, lr {lr}, "
-            f"workers {workers}")
-        rec = measure(cmd, log_path=self.work / f"{row}-plain{self._suffix(attempt)}.log")
+            f"{workers_label(config, workers)}" + (", pretrained backbone" if backbone else ""))
+        rec = measure(cmd, log_path=self.work / f"{row}-plain-{config}{self._suffix(attempt)}.log")
         rec["result"] = parse_json(rec.pop("stdout"))
         log(f"{row}: plain {rec['result']['train_images_per_second']} train images/s, "
             f"best val acc {rec['result']['best_val_accuracy']:.3f} ({rec['wall_seconds']:.1f}s)")
         return rec
 
-    def cvkit_train(self, row: str, model: str, data: str, transforms: str | None, *, epochs: int | None = None,
-                    name: str | None = None, attempt: int = 1) -> dict:
-        e, batch, lr, _ = self.settings(row)
+    def cvkit_train(self, row: str, model: str, data: str, transforms: str | None, *, weights: str = "none",
+                    epochs: int | None = None, name: str | None = None, attempt: int = 1) -> dict:
+        e, batch, lr = self.settings(row)
         epochs = epochs or e
         name = (name or row) + self._suffix(attempt)
         out = self.work / f"{name}-cvkit-run"
-        cmd = [*self.cvkit, "train", data, "--model", model, "--weights", "none", "--epochs", str(epochs),
+        cmd = [*self.cvkit, "train", data, "--model", model, "--weights", weights, "--epochs", str(epochs),
                "--batch-size", str(batch), "--lr", str(lr), "--workers", self.args.cvkit_workers,
                "--seed", str(self.args.seed), "--device", self.args.device, "--json", "--out", str(out)]
         if transforms:
             cmd += ["--transforms", transforms]
         log(f"{row}: cvkit {model}" + (f" --transforms {transforms}" if transforms else "")
-            + f", {_epochs(epochs)}, batch {batch}, lr {lr}, --workers {self.args.cvkit_workers}")
+            + f", {_epochs(epochs)}, batch {batch}, lr {lr}, --workers {self.args.cvkit_workers}"
+            + ("" if weights == "none" else ", pretrained backbone"))
         rec = measure(cmd, log_path=self.work / f"{name}-cvkit.log", env=self.env)
         rec["result"] = parse_json(rec.pop("stdout"))
         rec["metrics"] = read_metrics(out / "metrics.csv")
@@ -286,126 +327,102 @@ class Bench:
             f"{rec['result'].get('best_val_accuracy')} ({rec['result'].get('precision')}, {rec['wall_seconds']:.1f}s)")
         return rec
 
-    def row_net(self) -> dict:
-        data = self.data["gray"]["root"]
-        plain, cv = self.pairs(lambda a: self.plain_train("net", "net", data, "chapter", attempt=a),
-                               lambda a: self.cvkit_train("net", "net", data, None, attempt=a))
-        p, c = plain["result"], cv["result"]
-        return {"plain": plain, "cvkit": cv,
-                "ratio": _ratio(c.get("train_images_per_second"), p["train_images_per_second"]),
-                "plain_val_accuracy": p["best_val_accuracy"], "cvkit_val_accuracy": c.get("best_val_accuracy"),
-                "accuracy_gap_points": _points(c.get("best_val_accuracy"), p["best_val_accuracy"])}
+    def backbone_path(self) -> str:
+        """The frozen rows' backbone (benchmarks/backbone.py): reused from beside the rgb tree when it
+        was trained with the same parameters, else trained now (CPU, logged to backbone.log)."""
+        if self.backbone is None:
+            rgb = self.data["rgb"]["root"]
+            folder = Path(rgb).parent / "backbone"
+            params = bench_backbone.params_for(rgb, seed=self.args.seed, quick=self.args.quick)
+            summary = bench_backbone.cached(folder, params)
+            if summary is not None:
+                summary["created"] = False
+            else:
+                log(f"backbone: training resnet18 on {rgb}/train (seed {self.args.seed}) into {folder}")
+                cmd = [sys.executable, str(HERE / "backbone.py"), rgb, str(folder), "--seed", str(self.args.seed)]
+                rec = measure(cmd + (["--quick"] if self.args.quick else []), log_path=self.work / "backbone.log")
+                summary = {**parse_json(rec["stdout"]), "wall_seconds": rec["wall_seconds"]}
+            log(f"backbone: {summary['file']} ({'trained' if summary['created'] else 'cached'}; "
+                f"its own val accuracy {summary['val_accuracy']:.3f})")
+            self.backbone = summary
+        return self.backbone["file"]
 
-    def _resnet_row(self, row: str, transforms: str) -> dict:
-        data = self.data["rgb"]["root"]
-        model = MODELS[row]
-        plain, cv = self.pairs(
-            lambda a: self.plain_train(row, model, data, transforms, attempt=a),
-            lambda a: self.cvkit_train(row, model, data, "plain" if transforms == "plain" else None, attempt=a))
-        if row == "frozen":
-            self.checkpoint = cv["result"].get("best_checkpoint")
-        p, c = plain["result"], cv["result"]
-        return {"plain": plain, "cvkit": cv,
-                "ratio": _ratio(c.get("train_images_per_second"), p["train_images_per_second"]),
-                "plain_val_accuracy": p["best_val_accuracy"], "cvkit_val_accuracy": c.get("best_val_accuracy")}
+    def train_sides(self, row: str, model: str, data: str, transforms: str) -> dict:
+        """Every plain configuration and cvkit on one row, alternating; ``training_summary`` of the
+        fastest runs. The frozen rows start both sides from the pretrained backbone."""
+        weights = self.backbone_path() if row in BACKBONE_ROWS else None
+        cvkit_transforms = "plain" if transforms == "plain" else None
+        runners = {}
+        for config in self.args.plain_workers:
+            runners[config] = (lambda a, c=config: self.plain_train(row, model, data, transforms, c, backbone=weights,
+                                                                    attempt=a), self.repeats(config))
+        runners["cvkit"] = (lambda a: self.cvkit_train(row, model, data, cvkit_transforms, weights=weights or "none",
+                                                       attempt=a), self.args.repeat)
+        best = self.alternate(runners)
+        cvkit = best.pop("cvkit")
+        summary = training_summary(best, cvkit)
+        if weights:
+            summary["backbone"] = self.backbone
+        return summary
+
+    def row_net(self) -> dict:
+        r = self.train_sides("net", "net", self.data["gray"]["root"], "chapter")
+        return {**r, **judge("net", r)}
 
     def row_frozen(self) -> dict:
-        return self._resnet_row("frozen", "chapter")
+        r = self.train_sides("frozen", MODELS["frozen"], self.data["rgb"]["root"], "chapter")
+        self.checkpoint = r["cvkit"]["result"].get("best_checkpoint")
+        return {**r, **judge("frozen", r)}
 
     def row_finetune(self) -> dict:
-        return self._resnet_row("finetune", "chapter")
+        r = self.train_sides("finetune", MODELS["finetune"], self.data["rgb"]["root"], "chapter")
+        return {**r, **judge("finetune", r)}
 
     def row_frozen_cached(self) -> dict:
-        result = self._resnet_row("frozen-cached", "plain")
-        p_hist = result["plain"]["result"]["history"]
-        c_hist = result["cvkit"]["metrics"]
-        train_size = result["plain"]["result"]["train_size"]
-        later_p = [r for r in p_hist if r["epoch"] >= 2]
-        later_c = [r for r in c_hist if r.get("epoch", 0) >= 2]
-        basis = ("train phase" if later_c and all(isinstance(r.get("train_seconds"), float) for r in later_c)
-                 else "epoch")
-        if basis == "train phase":
-            plain_rate = _rate(sum(r["train_images"] for r in later_p), sum(r["train_seconds"] for r in later_p))
-            cvkit_rate = _rate(train_size * len(later_c), sum(r["train_seconds"] for r in later_c))
-        else:  # cvkit's metrics.csv has the whole epoch's seconds only: compare whole epochs
-            plain_rate = _rate(sum(r["train_images"] for r in later_p), sum(r["seconds"] for r in later_p))
-            cvkit_rate = _rate(train_size * len(later_c), sum(r["seconds"] for r in later_c
-                                                              if isinstance(r.get("seconds"), float)))
-        key = "train_seconds" if basis == "train phase" else "seconds"
-        first_p = p_hist[0] if p_hist else None
-        first_c = c_hist[0] if c_hist else None
-        result.update({
-            "basis": basis,
-            "epochs_compared": len(later_c),
-            "plain_later_epoch_images_per_second": plain_rate,
-            "cvkit_later_epoch_images_per_second": cvkit_rate,
-            "ratio_per_later_epoch": _ratio(cvkit_rate, plain_rate),
-            "ratio_first_epoch": _ratio(_rate(train_size, first_c.get(key)) if first_c else None,
-                                        _rate(train_size, first_p[key]) if first_p else None),
-            "note": None if basis == "train phase" else
-            "cvkit's metrics.csv has no per-epoch train time: images/s = train images / epoch seconds "
-            "(train + val phases), the same for the plain loop",
-        })
-        if not later_c:
-            result["note"] = "needs at least 2 epochs (--epochs-cached)"
-        return result
+        r = self.train_sides("frozen-cached", MODELS["frozen-cached"], self.data["rgb"]["root"], "plain")
+        r.update(later_epoch_rates(r))
+        r.update(judge("frozen-cached", r))
+        r["ratio_first_epoch"] = _ratio(r["cvkit_first_epoch_images_per_second"],
+                                        r["plain_first_epoch_images_per_second"].get(r["faster_plain"]))
+        return r
+
+    def plain_predict(self, batch: int, attempt: int) -> dict:
+        folder, images = self.data["predict"]["root"], self.data["predict"]["images"]
+        out = self.work / f"plain-predictions-b{batch}.json"
+        cmd = [sys.executable, str(HERE / "plain.py"), "predict", folder, "--checkpoint", self.checkpoint,
+               "--out", str(out), "--batch-size", str(batch), "--device", self.args.device]
+        log(f"predict: plain script on {images} JPEGs, {batch_label(batch)}")
+        rec = measure(cmd, log_path=self.work / f"predict-plain-b{batch}{self._suffix(attempt)}.log")
+        rec["result"] = parse_json(rec.pop("stdout"))
+        rec["top1"] = json.loads(out.read_text())
+        return rec
+
+    def cvkit_predict(self, fp32: bool, attempt: int) -> dict:
+        cmd = [*self.cvkit, "predict", self.data["predict"]["root"], "--checkpoint", self.checkpoint, "--top-k", "1",
+               "--device", self.args.device, "--json"] + (["--precision", "fp32"] if fp32 else [])
+        log_path = self.work / f"predict-cvkit{'-fp32' if fp32 else ''}{self._suffix(attempt)}.log"
+        log("predict: cvkit predict" + (" --precision fp32" if fp32 else " (default precision)"))
+        rec = measure(cmd, log_path=log_path, env=self.env)
+        rec["top1"] = _top1(parse_json(rec.pop("stdout")))
+        rec["loop_images_per_second"] = _loop_rate(log_path)
+        return rec
 
     def row_predict(self) -> dict:
-        folder = self.data["predict"]["root"]
-        images = self.data["predict"]["images"]
         made = None
         if not self.checkpoint:
             made = self.cvkit_train("frozen", "resnet18-frozen", self.data["rgb"]["root"], None, epochs=1,
-                                    name="predict-checkpoint-run")
+                                    name="predict-checkpoint-run", weights=self.backbone_path())
             self.checkpoint = made["result"]["best_checkpoint"]
-        ck = self.checkpoint
-        plain_preds = self.work / "plain-predictions.json"
-        cmd = [sys.executable, str(HERE / "plain.py"), "predict", folder, "--checkpoint", ck,
-               "--out", str(plain_preds), "--batch-size", str(self.args.plain_predict_batch),
-               "--device", self.args.device]
-        base = [*self.cvkit, "predict", folder, "--checkpoint", ck, "--top-k", "1", "--device", self.args.device,
-                "--json"]
-        runs = {"plain": [], "cvkit": [], "cvkit_fp32": []}
-        for attempt in range(1, self.args.repeat + 1):
-            s = self._suffix(attempt)
-            log(f"predict: plain script on {images} JPEGs, batch {self.args.plain_predict_batch}")
-            rec = measure(cmd, log_path=self.work / f"predict-plain{s}.log")
-            rec["result"] = parse_json(rec.pop("stdout"))
-            runs["plain"].append(rec)
-            log("predict: cvkit predict (default precision)")
-            rec = measure(base, log_path=self.work / f"predict-cvkit{s}.log", env=self.env)
-            report = parse_json(rec.pop("stdout"))
-            rec["top1"] = _top1(report)
-            rec["loop_images_per_second"] = _loop_rate(self.work / f"predict-cvkit{s}.log")
-            runs["cvkit"].append(rec)
-            log("predict: cvkit predict --precision fp32")
-            rec = measure([*base, "--precision", "fp32"], log_path=self.work / f"predict-cvkit-fp32{s}.log",
-                          env=self.env)
-            rec["top1"] = _top1(parse_json(rec.pop("stdout")))
-            runs["cvkit_fp32"].append(rec)
-        for key, recs in runs.items():  # the least disturbed run of each command
-            best = dict(min(recs, key=lambda r: r["wall_seconds"]))
-            if len(recs) > 1:
-                best["attempts"] = [{"wall_seconds": r["wall_seconds"], "others_busy": r["others_busy"]} for r in recs]
-            runs[key] = best
-        plain, cv, cv32 = runs["plain"], runs["cvkit"], runs["cvkit_fp32"]
-        cv_top, cv32_top = cv.pop("top1"), cv32.pop("top1")
-        plain_top = json.loads(plain_preds.read_text())
-        common = sorted(set(cv_top) & set(cv32_top))
-        agree = sum(cv_top[p] == cv32_top[p] for p in common)
-        common_plain = sorted(set(plain_top) & set(cv32_top))
-        plain_rate = _rate(plain["result"]["images"], plain["wall_seconds"])
-        cvkit_rate = _rate(len(cv_top), cv["wall_seconds"])
-        log(f"predict: plain {plain_rate} images/s, cvkit {cvkit_rate} images/s (whole commands)")
-        return {"plain": plain, "cvkit": cv, "cvkit_fp32": cv32, "checkpoint": ck, "checkpoint_run": made,
-                "images": images, "predicted": {"plain": len(plain_top), "cvkit": len(cv_top), "cvkit_fp32": len(cv32_top)},
-                "plain_images_per_second": plain_rate, "cvkit_images_per_second": cvkit_rate,
-                "cvkit_fp32_images_per_second": _rate(len(cv32_top), cv32["wall_seconds"]),
-                "ratio": _ratio(cvkit_rate, plain_rate),
-                "loop_ratio": _ratio(cv.get("loop_images_per_second"), plain["result"]["loop_images_per_second"]),
-                "agreement": round(agree / len(common), 4) if common else None,
-                "plain_vs_cvkit_fp32_agreement": (round(sum(plain_top[p] == cv32_top[p] for p in common_plain)
-                                                        / len(common_plain), 4) if common_plain else None),
+        n, one, batched = self.args.repeat, self.args.plain_predict_batch, self.args.plain_predict_batched
+        runs = self.alternate({"plain": (lambda a: self.plain_predict(one, a), n),
+                               "plain_batched": (lambda a: self.plain_predict(batched, a), n),
+                               "cvkit": (lambda a: self.cvkit_predict(False, a), n),
+                               "cvkit_fp32": (lambda a: self.cvkit_predict(True, a), n)})
+        r = predict_summary(runs)
+        rates = r["images_per_second"]
+        log(f"predict: plain {rates['plain']} / batched {rates['plain_batched']} images/s, cvkit {rates['cvkit']} "
+            f"images/s (whole commands)")
+        return {**r, "checkpoint": self.checkpoint, "checkpoint_run": made, "images": self.data["predict"]["images"],
                 "timing": "wall time of each whole command (start-up, imports, model load, all images)"}
 
     def row_help(self) -> dict:
@@ -443,6 +460,108 @@ class Bench:
                 log(f"{row}: FAILED: {type(exc).__name__}: {exc}")
             self.results[row]["row_seconds"] = round(time.perf_counter() - started, 2)
         return ok
+
+
+def fastest(runs: list[dict]) -> dict:
+    """The run with the shortest wall time, listing every run under ``attempts`` when there are several."""
+    best = dict(min(runs, key=lambda r: r["wall_seconds"]))
+    if len(runs) > 1:
+        best["attempts"] = [{"wall_seconds": r["wall_seconds"], "others_busy": r["others_busy"],
+                             "train_images_per_second": (r.get("result") or {}).get("train_images_per_second")}
+                            for r in runs]
+    return best
+
+
+def workers_label(config: str, workers: int) -> str:
+    return f"the chapter's {workers} workers" if config == "chapter" else f"{workers} workers"
+
+
+def batch_label(batch: int) -> str:
+    return "one image at a time" if batch == 1 else f"batch {batch}"
+
+
+def training_summary(plains: dict, cvkit: dict) -> dict:
+    """A training row's numbers: per plain configuration (``{config: run}``) and for cvkit, train
+    images/s and best validation accuracy."""
+    return {"plain_runs": plains, "cvkit": cvkit,
+            "plain_workers": {c: rec["result"]["workers"] for c, rec in plains.items()},
+            "plain_images_per_second": {c: rec["result"]["train_images_per_second"] for c, rec in plains.items()},
+            "cvkit_images_per_second": cvkit["result"].get("train_images_per_second"),
+            "plain_val_accuracies": {c: rec["result"]["best_val_accuracy"] for c, rec in plains.items()},
+            "cvkit_val_accuracy": cvkit["result"].get("best_val_accuracy")}
+
+
+def later_epoch_rates(r: dict) -> dict:
+    """The cached row's rates: images/s of the epochs after the first, and of the first, per plain
+    configuration and for cvkit; train phases when cvkit's ``metrics.csv`` times them, else whole
+    epochs (train + val) on both sides."""
+    cvkit_history = r["cvkit"]["metrics"]
+    later = [e for e in cvkit_history if e.get("epoch", 0) >= 2]
+    basis = ("train phase" if later and all(isinstance(e.get("train_seconds"), float) for e in later)
+             else "epoch")
+    key = "train_seconds" if basis == "train phase" else "seconds"
+    train_size = next(iter(r["plain_runs"].values()))["result"]["train_size"]
+
+    def rate(history: list[dict], first: bool):
+        chosen = [e for e in history if (e.get("epoch") == 1 if first else e.get("epoch", 0) >= 2)]
+        seconds = [e.get(key) for e in chosen]
+        if not chosen or not all(isinstance(s, (int, float)) for s in seconds):
+            return None
+        return _rate(train_size * len(chosen), sum(seconds))
+
+    plain = {c: rec["result"]["history"] for c, rec in r["plain_runs"].items()}
+    note = (None if basis == "train phase" else "cvkit's metrics.csv has no per-epoch train time: images/s = "
+            "train images / epoch seconds (train + val phases), the same for the plain loop")
+    return {"basis": basis, "epochs_compared": len(later),
+            "plain_images_per_second": {c: rate(h, False) for c, h in plain.items()},
+            "cvkit_images_per_second": rate(cvkit_history, False),
+            "plain_first_epoch_images_per_second": {c: rate(h, True) for c, h in plain.items()},
+            "cvkit_first_epoch_images_per_second": rate(cvkit_history, True),
+            "note": note if later else "needs at least 2 epochs (--epochs-cached)"}
+
+
+def judge(row: str, r: dict) -> dict:
+    """A training row's verdict from its numbers (pure, no timing read here). Speed: cvkit's images/s
+    against the FASTER plain configuration (``ratio``, with ``TARGETS[row]``) and against each
+    (``ratios``). Accuracy guard: cvkit's best val accuracy may lie at most ``ACCURACY_TOLERANCE[row]``
+    points below the best plain configuration's. The row passes only when both pass."""
+    rates = {c: v for c, v in r["plain_images_per_second"].items() if v}
+    faster = max(rates, key=rates.get) if rates else None
+    ratios = {c: _ratio(r["cvkit_images_per_second"], v) for c, v in rates.items()}
+    ratio = ratios.get(faster)
+    accuracies = [a for a in r["plain_val_accuracies"].values() if a is not None]
+    best = max(accuracies) if accuracies else None
+    gap = _points(r["cvkit_val_accuracy"], best)
+    tolerance = ACCURACY_TOLERANCE[row]
+    speed_passed = ratio is not None and ratio >= TARGETS[row]
+    accuracy_passed = gap is not None and gap >= -tolerance
+    return {"faster_plain": faster, "ratio": ratio, "ratios": ratios, "best_plain_val_accuracy": best,
+            "accuracy_gap_points": gap, "accuracy_tolerance_points": tolerance, "speed_passed": speed_passed,
+            "accuracy_passed": accuracy_passed, "passed": speed_passed and accuracy_passed}
+
+
+def _agreement(a: dict, b: dict):
+    common = sorted(set(a) & set(b))
+    return round(sum(a[p] == b[p] for p in common) / len(common), 4) if common else None
+
+
+def predict_summary(runs: dict) -> dict:
+    """The predict row's numbers from the fastest run of each command (``plain``, ``plain_batched``,
+    ``cvkit``, ``cvkit_fp32``): whole-command images/s, cvkit's ratio against the faster plain
+    script (the target's) and against each, the loop ratio, top-1 agreements."""
+    top1 = {name: rec.pop("top1") for name, rec in runs.items()}
+    rates = {name: _rate(len(top1[name]), rec["wall_seconds"]) for name, rec in runs.items()}
+    plains = [n for n in ("plain", "plain_batched") if rates.get(n)]
+    faster = max(plains, key=rates.get) if plains else None
+    ratios = {n: _ratio(rates["cvkit"], rates[n]) for n in plains}
+    loop_ratio = (_ratio(runs["cvkit"].get("loop_images_per_second"),
+                         runs[faster]["result"]["loop_images_per_second"]) if faster else None)
+    return {**runs, "predicted": {n: len(t) for n, t in top1.items()}, "images_per_second": rates,
+            "batch_sizes": {n: runs[n]["result"]["batch_size"] for n in ("plain", "plain_batched")},
+            "faster_plain": faster, "ratio": ratios.get(faster), "ratios": ratios, "loop_ratio": loop_ratio,
+            "agreement": _agreement(top1["cvkit"], top1["cvkit_fp32"]),
+            "plain_vs_cvkit_fp32_agreement": {n: _agreement(top1[n], top1["cvkit_fp32"])
+                                              for n in ("plain", "plain_batched")}}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -504,7 +623,11 @@ def _others(*records) -> str:
     return f"{max(values):.0%}" if values else "?"
 
 
-def table_rows(results: dict, args) -> list[dict]:
+ROW_NAMES = {"net": "net", "frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen, plain transforms",
+             "finetune": "resnet18-finetune"}
+
+
+def table_rows(results: dict) -> list[dict]:
     """One dict per line of the table: row, metric, plain, cvkit, ratio, target, passed, note."""
     lines = []
 
@@ -512,62 +635,79 @@ def table_rows(results: dict, args) -> list[dict]:
         lines.append({"row": row, "metric": metric, "plain": plain, "cvkit": cvkit, "ratio": ratio,
                       "target": target, "passed": passed, "note": note})
 
-    def workers_note(r):
-        run = (r["cvkit"].get("run") or {})
-        return (f"workers plain {r['plain']['result']['workers']} / cvkit {run.get('workers', '?')}, "
-                f"cvkit {r['cvkit']['result'].get('precision')}, others busy {_others(r['plain'], r['cvkit'])}")
-
     for row, r in results.items():
         if "error" in r:
             add(row, "error", None, None, None, None, False, r["error"].splitlines()[0])
-            continue
-        if row == "net":
-            e = r["plain"]["result"]["epochs"]
-            add("net", f"train images/s, {_epochs(e)}", r["plain"]["result"]["train_images_per_second"],
-                r["cvkit"]["result"].get("train_images_per_second"), r["ratio"], f">= {TARGETS['net']}x",
-                _ge(r["ratio"], TARGETS["net"]), workers_note(r))
-            gap = r["accuracy_gap_points"]
-            add("net", "best val accuracy", r["plain_val_accuracy"], r["cvkit_val_accuracy"],
-                None if gap is None else gap, "within 1 point",
-                None if gap is None else abs(gap) <= TARGETS["net-accuracy"],
-                "ratio column: cvkit - plain, in points")
-        elif row in ("frozen", "finetune"):
-            name = "resnet18-frozen" if row == "frozen" else "resnet18-finetune"
-            e = r["plain"]["result"]["epochs"]
-            add(name, f"train images/s, chapter augmentation, {_epochs(e)}",
-                r["plain"]["result"]["train_images_per_second"], r["cvkit"]["result"].get("train_images_per_second"),
-                r["ratio"], f">= {TARGETS[row]}x", _ge(r["ratio"], TARGETS[row]),
-                workers_note(r) + f"; val acc plain {r['plain_val_accuracy']:.3f} cvkit "
-                f"{_fmt(r['cvkit_val_accuracy'])}")
-        elif row == "frozen-cached":
-            basis = "train phase" if r["basis"] == "train phase" else "whole epoch (train+val)"
-            add("resnet18-frozen, plain transforms", f"images/s per epoch after the first, {basis}, "
-                f"{_epochs(r['epochs_compared'])}", r["plain_later_epoch_images_per_second"],
-                r["cvkit_later_epoch_images_per_second"], r["ratio_per_later_epoch"],
-                f">= {TARGETS['frozen-cached']}x", _ge(r["ratio_per_later_epoch"], TARGETS["frozen-cached"]),
-                workers_note(r) + f"; first epoch ratio {_fmt(r['ratio_first_epoch'])}")
+        elif row in TRAINING_ROWS:
+            _training_lines(add, row, r)
         elif row == "predict":
-            add("predict", f"images/s, {r['images']} JPEGs, whole command", r["plain_images_per_second"],
-                r["cvkit_images_per_second"], r["ratio"], f">= {TARGETS['predict']}x",
-                _ge(r["ratio"], TARGETS["predict"]),
-                f"plain one image at a time (batch {args.plain_predict_batch}), its loop alone "
-                f"{r['plain']['result']['loop_images_per_second']} images/s; cvkit fp32 "
-                f"{r['cvkit_fp32_images_per_second']} images/s; others busy "
-                f"{_others(r['plain'], r['cvkit'], r['cvkit_fp32'])}")
-            add("predict", f"images/s, {r['images']} JPEGs, loop alone (read, transform, model)",
-                r["plain"]["result"]["loop_images_per_second"], r["cvkit"].get("loop_images_per_second"),
-                r.get("loop_ratio"), "", None,
-                "each command's own timing of its loop over the images, start-up and model loading left out; "
-                "the target is on the whole command")
-            add("predict", "top-1 agreement, default precision vs fp32", None, r["agreement"], r["agreement"],
-                f">= {TARGETS['predict-agreement']:.0%}", _ge(r["agreement"], TARGETS["predict-agreement"]),
-                f"plain script vs cvkit fp32: {_fmt(r['plain_vs_cvkit_fp32_agreement'])}")
+            _predict_lines(add, r)
         elif row == "help":
             add("--help", "seconds (median): import torch vs cvkit --help", r["import_torch_median"],
                 r["help_median"], r["ratio"], f"<= {TARGETS['help']}", _le(r["ratio"], TARGETS["help"]),
-                f"{len(r['help_seconds'])} run{'s' if len(r['help_seconds']) != 1 else ''} each, interleaved; others busy "
-                f"{'?' if r['others_busy'] is None else format(r['others_busy'], '.0%')}")
+                f"{len(r['help_seconds'])} run{'s' if len(r['help_seconds']) != 1 else ''} each, interleaved; "
+                f"others busy {'?' if r['others_busy'] is None else format(r['others_busy'], '.0%')}")
     return lines
+
+
+def _training_lines(add, row: str, r: dict) -> None:
+    """A training row: its speed against the faster plain configuration (the target; this line
+    carries the row's verdict, speed and accuracy guard together), against each other
+    configuration (no target), and the accuracy guard's own line."""
+    name, rates, faster = ROW_NAMES[row], r["plain_images_per_second"], r["faster_plain"]
+    labels = {c: workers_label(c, n) for c, n in r["plain_workers"].items()}
+    if row == "frozen-cached":
+        basis = "train phase" if r["basis"] == "train phase" else "whole epoch (train+val)"
+        metric = f"images/s per epoch after the first, {basis}, {_epochs(r['epochs_compared'])}"
+    else:
+        epochs = next(iter(r["plain_runs"].values()))["result"]["epochs"]
+        metric = "train images/s, " + ("" if row == "net" else "chapter augmentation, ") + _epochs(epochs)
+    run = r["cvkit"].get("run") or {}
+    note = (f"cvkit --workers {run.get('workers', '?')}, {r['cvkit']['result'].get('precision')}; others busy "
+            f"{_others(r['cvkit'], *r['plain_runs'].values())}")
+    if row == "frozen-cached":
+        note += f"; first epoch ratio {_fmt(r['ratio_first_epoch'])}"
+    if r["speed_passed"] and not r["accuracy_passed"]:
+        note = "FAIL: the accuracy guard failed (next lines); " + note
+    against = f"vs plain {labels.get(faster, '?')}" + (" (the faster)" if len(labels) > 1 else "")
+    add(name, f"{metric}, {against}", rates.get(faster), r["cvkit_images_per_second"], r["ratio"],
+        f">= {TARGETS[row]}x + accuracy", r["passed"], note)
+    for config, rate in rates.items():
+        if config != faster:
+            add(name, f"{metric}, vs plain {labels[config]}", rate, r["cvkit_images_per_second"],
+                r["ratios"].get(config), "", None, "no target: for reference")
+    accuracies = ", ".join(f"{labels[c]} {_fmt(a)}" for c, a in r["plain_val_accuracies"].items())
+    note = f"plain {accuracies}; ratio: cvkit - best plain, in points"
+    if r.get("backbone"):
+        note += f"; both sides from the pretrained backbone (its val acc {r['backbone']['val_accuracy']:.3f})"
+    add(name, "best val accuracy", r["best_plain_val_accuracy"], r["cvkit_val_accuracy"], r["accuracy_gap_points"],
+        f">= plain - {r['accuracy_tolerance_points']:g} pt", r["accuracy_passed"], note)
+
+
+def _predict_lines(add, r: dict) -> None:
+    """The predict row: whole command against the faster plain script (the target) and the other
+    one, each command's loop alone, and the top-1 agreement of cvkit's precisions."""
+    rates, faster, sizes = r["images_per_second"], r["faster_plain"], r["batch_sizes"]
+    if faster is None:
+        add("predict", "error", None, None, None, None, False, "no images/s from the plain scripts")
+        return
+    other = "plain" if faster == "plain_batched" else "plain_batched"
+    images = f"images/s, {r['images']} JPEGs"
+    add("predict", f"{images}, whole command, vs plain {batch_label(sizes[faster])} (the faster)", rates[faster],
+        rates["cvkit"], r["ratio"], f">= {TARGETS['predict']}x", _ge(r["ratio"], TARGETS["predict"]),
+        f"plain scripts fp32, no DataLoader; cvkit fp32 {rates['cvkit_fp32']} images/s; others busy "
+        f"{_others(*(r[n] for n in ('plain', 'plain_batched', 'cvkit', 'cvkit_fp32')))}")
+    add("predict", f"{images}, whole command, vs plain {batch_label(sizes[other])}", rates[other], rates["cvkit"],
+        r["ratios"].get(other), "", None, "no target: for reference")
+    add("predict", f"{images}, loop alone (read, transform, model), vs plain {batch_label(sizes[faster])}",
+        r[faster]["result"]["loop_images_per_second"], r["cvkit"].get("loop_images_per_second"), r["loop_ratio"],
+        "", None, f"plain {batch_label(sizes[other])} {r[other]['result']['loop_images_per_second']} images/s; "
+        "each command's own timing of its loop, start-up and model loading left out")
+    agree = r["plain_vs_cvkit_fp32_agreement"]
+    add("predict", "top-1 agreement, default precision vs fp32", None, r["agreement"], r["agreement"],
+        f">= {TARGETS['predict-agreement']:.0%}", _ge(r["agreement"], TARGETS["predict-agreement"]),
+        f"plain scripts vs cvkit fp32: {batch_label(sizes['plain'])} {_fmt(agree['plain'])}, "
+        f"{batch_label(sizes['plain_batched'])} {_fmt(agree['plain_batched'])}")
 
 
 def _ge(value, target):
@@ -704,24 +844,36 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, help="for every training row [32; --quick 8 for resnets]")
     parser.add_argument("--lr-net", type=float, help="[0.05]")
     parser.add_argument("--lr-resnet", type=float, help="[0.01]")
-    parser.add_argument("--plain-workers", default="chapter",
-                        help="DataLoader workers of the plain loop: a number, or chapter (2 for net as in the "
-                             "CIFAR chapter, 4 for the resnets as in the transfer-learning chapter) [chapter]")
+    parser.add_argument("--plain-workers", default="0,chapter",
+                        help="the plain loop's configurations of DataLoader workers, comma-separated: numbers, "
+                             "or chapter (2 for net as in the CIFAR chapter, 4 for the resnets as in the "
+                             "transfer-learning chapter); each training row runs every one, and its target is "
+                             "against the faster [0,chapter]")
+    parser.add_argument("--repeat-others", type=int, default=1,
+                        help="runs of each plain configuration after the first listed (the first runs "
+                             "--repeat times, like cvkit) [1]")
     parser.add_argument("--cvkit-workers", default="auto", help="cvkit train --workers [auto]")
     parser.add_argument("--plain-predict-batch", type=int, default=1,
-                        help="images per forward pass of the plain predict script [1: one at a time]")
+                        help="images per forward pass of the first plain predict script [1: one at a time]")
+    parser.add_argument("--plain-predict-batched", type=int, default=32,
+                        help="images per forward pass of the second, batched plain predict script [32]")
     parser.add_argument("--help-repeats", type=int, help="runs of each command in the help row [7; --quick 3]")
     parser.add_argument("--cvkit-ref", metavar="COMMIT",
                         help="benchmark cvkit/ and plugins/ as of this git commit (exported to the work folder "
                              "and put first on cvkit's PYTHONPATH) instead of the working tree; the installed "
                              "entry points must name the same plugin modules [the working tree]")
     parser.add_argument("--repeat", type=int,
-                        help="run each training and predict command this many times, plain and cvkit "
-                             "alternating, and keep each side's fastest run (for noisy machines) [2; --quick 1]")
+                        help="run each training and predict command this many times, the sides "
+                             "alternating, and keep each side's fastest run (for noisy machines; see "
+                             "--repeat-others) [2; --quick 1]")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each measurement wait up to this long for other processes to leave "
                              "the machine mostly idle (for shared machines) [0: do not wait]")
-    args = parser.parse_args(argv)
+    return _checked(parser, parser.parse_args(argv))
+
+
+def _checked(parser, args):
+    """``args`` with lists parsed and defaults that depend on ``--quick`` filled in."""
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:
@@ -731,29 +883,81 @@ def parse_args(argv=None):
         args.repeat = 1 if args.quick else 2
     if args.repeat < 1:
         parser.error("--repeat: at least 1")
-    if args.plain_workers != "chapter" and not args.plain_workers.isdigit():
-        parser.error("--plain-workers: a number or chapter")
+    configs = [c.strip() for c in args.plain_workers.split(",") if c.strip()]
+    if not configs or any(c != "chapter" and not c.isdigit() for c in configs):
+        parser.error("--plain-workers: comma-separated numbers or chapter")
+    args.plain_workers = list(dict.fromkeys(str(int(c)) if c.isdigit() else c for c in configs))
+    if args.repeat_others < 1:
+        parser.error("--repeat-others: at least 1")
+    if min(args.plain_predict_batch, args.plain_predict_batched) < 1:
+        parser.error("--plain-predict-batch, --plain-predict-batched: at least 1")
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    WAIT_QUIET["seconds"] = args.wait_quiet
-    started = time.perf_counter()
+def prepare_data(args) -> dict:
+    """Draw (or reuse) the data trees the chosen rows need."""
     needs = set()
     if "net" in args.rows:
         needs.add("gray")
     if {"frozen", "frozen-cached", "finetune", "predict"} & set(args.rows):
         needs.add("rgb")
     if "predict" in args.rows:
-        needs.update({"rgb", "predict"})
+        needs.add("predict")
     log(f"data: drawing or reusing {', '.join(sorted(needs)) or 'nothing'} under {args.data_root}")
     datasets = bench_data.build_all(args.data_root, quick=args.quick, seed=args.seed,
                                     which=[n for n in ("gray", "rgb", "predict") if n in needs])
     for name, summary in datasets.items():
         summary["root"] = str(Path(summary["root"]).resolve())
         log(f"data: {name} {summary['root']} " + ("(drawn)" if summary["created"] else "(cached)"))
+    return datasets
 
+
+def run_meta(args, bench: Bench, seconds: float) -> dict:
+    settings = {}
+    for row in TRAINING_ROWS:
+        epochs, batch, lr = bench.settings(row)
+        settings[row] = {"epochs": epochs, "batch_size": batch, "lr": lr,
+                         "plain_workers": {c: bench.plain_workers(row, c) for c in args.plain_workers},
+                         "plain_runs": {c: bench.repeats(c) for c in args.plain_workers}}
+    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
+            "device": args.device, "rows": args.rows, "seconds": round(seconds, 1), "cvkit": bench.cvkit,
+            "settings": settings, "cvkit_workers": args.cvkit_workers,
+            "plain_predict_batches": [args.plain_predict_batch, args.plain_predict_batched],
+            "accuracy_tolerance_points": ACCURACY_TOLERANCE, "targets": TARGETS, "backbone": bench.backbone,
+            "repeat": args.repeat, "repeat_others": args.repeat_others, "wait_quiet": args.wait_quiet,
+            "data": bench.data, **machine_info(args.device, bench.env)}
+    if args.cvkit_ref:
+        meta.update({"cvkit_ref": args.cvkit_ref, "cvkit_commit": args.cvkit_commit,
+                     "cvkit_uncommitted_changes": False})
+    return meta
+
+
+def print_notes(meta: dict, args) -> None:
+    """The settings under the table: each row's sizes and configurations, the backbone, the repeats."""
+    for row, s in meta["settings"].items():
+        if row in args.rows:
+            plain = " and ".join(f"{workers_label(c, n)} ({_runs(s['plain_runs'][c])})"
+                                 for c, n in s["plain_workers"].items())
+            print(f"  {row}: {_epochs(s['epochs'])}, batch {s['batch_size']}, lr {s['lr']}; plain loop with "
+                  f"{plain}; cvkit --workers {args.cvkit_workers} ({_runs(args.repeat)})")
+    b = meta["backbone"]
+    if b:
+        print(f"  frozen rows' backbone (both sides): resnet18 trained {_epochs(b['params']['epochs'])} on the rgb "
+              f"train pictures, seed {b['params']['seed']}, its own val accuracy {b['val_accuracy']:.3f}; "
+              f"{b['file']} ({'trained in this run' if b['created'] else 'cached'})")
+    tolerances = ", ".join(f"{row} {t:g}" for row, t in ACCURACY_TOLERANCE.items() if row in args.rows)
+    if tolerances:
+        print(f"  accuracy guards: a training row fails when cvkit's best val accuracy is below the best plain "
+              f"configuration's by more than ({tolerances}) points")
+    if max(args.repeat, args.repeat_others) > 1:
+        print("  commands ran alternating, the sides in turn; the table shows each side's fastest run")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    WAIT_QUIET["seconds"] = args.wait_quiet
+    started = time.perf_counter()
+    datasets = prepare_data(args)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cvkit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=work)) if args.work_dir else work
@@ -765,26 +969,10 @@ def main(argv=None) -> int:
     bench = Bench(args, work, datasets)
     ok = bench.run(args.rows)
 
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
-            "device": args.device, "rows": args.rows, "seconds": round(time.perf_counter() - started, 1),
-            "cvkit": bench.cvkit, "settings": {row: dict(zip(("epochs", "batch_size", "lr", "plain_workers"),
-                                                             bench.settings(row)))
-                                               for row in ("net", "frozen", "frozen-cached", "finetune")},
-            "cvkit_workers": args.cvkit_workers, "plain_predict_batch": args.plain_predict_batch,
-            "repeat": args.repeat, "wait_quiet": args.wait_quiet,
-            "data": datasets, **machine_info(args.device, bench.env)}
-    if args.cvkit_ref:
-        meta.update({"cvkit_ref": args.cvkit_ref, "cvkit_commit": args.cvkit_commit,
-                     "cvkit_uncommitted_changes": False})
-    lines = table_rows(bench.results, args)
+    meta = run_meta(args, bench, time.perf_counter() - started)
+    lines = table_rows(bench.results)
     print_table(lines, meta)
-    for row, s in meta["settings"].items():
-        if row in args.rows or (row == "frozen" and "predict" in args.rows):
-            print(f"  {row}: {_epochs(s['epochs'])}, batch {s['batch_size']}, lr {s['lr']}, plain loop "
-                  f"num_workers={s['plain_workers']}, cvkit --workers {args.cvkit_workers}")
-    if args.repeat > 1:
-        print(f"  each training and predict command ran {args.repeat} times (plain and cvkit alternating); "
-              f"the table shows each side's fastest run")
+    print_notes(meta, args)
     print(f"benchmark took {meta['seconds']:.0f}s; work folder {work}" + ("" if args.keep or args.work_dir
                                                                            else " (removed)"))
     if args.out:
