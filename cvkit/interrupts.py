@@ -104,10 +104,13 @@ class GracefulStop:
     process, in the middle of whatever step it is in. After a stop request that error is held
     back (``workers_lost`` is set) so the step can finish and be saved, except while the loop
     waits for a batch (``fetching``, set by ``cvkit.train.run_phase``): there it must be raised,
-    or the wait would last until the DataLoader timeout, and no step is half done.
+    or the wait would last until the DataLoader timeout, and no step is half done. ``cleanup``
+    (shutting the workers down) runs on the way out while those errors are still held back: on a
+    busy machine a worker may die of the signal only then.
     """
 
-    def __init__(self):
+    def __init__(self, cleanup=None):
+        self._cleanup = cleanup
         self.requested: int | None = None
         self.fetching = False
         self.workers_lost = False
@@ -150,9 +153,14 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc):
-        if self._sigchld is not None:
-            signal.signal(*self._sigchld)
-        return self._context.__exit__(*exc)
+        try:
+            if self._cleanup is not None:
+                self._cleanup()
+        finally:
+            if self._sigchld is not None:
+                signal.signal(*self._sigchld)
+            suppressed = self._context.__exit__(*exc)
+        return suppressed
 
 
 def reset_worker_signals(worker_id: int) -> None:

@@ -636,7 +636,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     epoch = start_epoch
     progress = ui.make_progress(enabled=show_progress, console=console)
     try:
-        with progress, GracefulStop() as stop:
+        with progress, GracefulStop(cleanup=lambda: _stop_workers(train_loader, val_loader)) as stop:
             for epoch in range(start_epoch, config.epochs + 1):
                 t0 = time.perf_counter()
                 lr = optimizer.param_groups[0]["lr"]
@@ -771,7 +771,8 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
 def _stop_workers(*loaders) -> None:
     """Shut down the persistent DataLoader workers now, not at interpreter exit: after a signal to
     the process group a worker may be dead already, and torch's own shutdown at exit would then
-    print a traceback for it after cvkit's one-line message."""
+    print a traceback for it after cvkit's one-line message. Runs as the ``cleanup`` of
+    :class:`GracefulStop` (a worker dying late is held back there) and again, a no-op, on errors."""
     for loader in loaders:
         iterator = getattr(loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
