@@ -82,17 +82,64 @@ def test_unknown_command_is_usage_error():
     assert "Traceback" not in proc.stderr
 
 
+# Runs ``main()`` as the console script does, with two markers: an atexit handler, and an object
+# held by this module's globals whose ``__del__`` runs only when the interpreter tears itself down
+# (it clears the modules' globals at the very end of a normal exit; ``os._exit`` skips that).
+TEARDOWN_PROBE = """
+import atexit, os, sys
+
+ATEXIT, TEARDOWN = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(ATEXIT, "w").write("yes"))
+
+
+class Teardown:
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.write = os.write  # kept: module globals may already be gone when __del__ runs
+
+    def __del__(self):
+        self.write(self.fd, b"torn down")
+
+
+keep = Teardown(TEARDOWN)
+sys.argv = ["cvkit"] + sys.argv[3:]
+from cvkit.cli import main
+main()
+"""
+
+
+def run_with_markers(tmp_path, *argv: str) -> tuple[subprocess.CompletedProcess, str, str]:
+    """-> (the process, what the atexit marker holds, what the teardown marker holds)."""
+    at_exit, teardown = tmp_path / "atexit-ran", tmp_path / "torn-down"
+    for marker in (at_exit, teardown):
+        marker.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-c", TEARDOWN_PROBE, str(at_exit), str(teardown), *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    read = lambda path: path.read_text() if path.exists() else "<missing>"  # noqa: E731
+    return proc, read(at_exit), read(teardown)
+
+
 def test_a_command_that_imported_torch_exits_without_interpreter_teardown(tmp_path):
-    """cvkit run as the program ends with os._exit after a torch command: atexit handlers still
-    run, output is complete, and the exit status is the command's."""
-    marker = tmp_path / "atexit-ran"
-    script = (f"import atexit, sys; atexit.register(lambda: open({str(marker)!r}, 'w').write('yes')); "
-              f"sys.argv = ['cvkit'] + sys.argv[1:]; from cvkit.cli import main; main()")
-    ok = subprocess.run([sys.executable, "-c", script, "device", "--json"], capture_output=True, text=True,
-                        timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["versions"]["torch"]  # the whole document arrived
-    assert marker.read_text() == "yes"
-    bad = subprocess.run([sys.executable, "-m", "cvkit", "predict", str(tmp_path / "missing.jpg"),
-                          "--checkpoint", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120)
-    assert bad.returncode in (3, 4) and bad.stderr.count("cvkit: error:") == 1, bad.stderr
+    """cvkit run as the program ends with os._exit after a torch command: the interpreter's
+    teardown is skipped, yet atexit handlers still run, output is complete, and the exit status is
+    the command's."""
+    # the probe sees a normal teardown: --version imports no torch and exits the ordinary way
+    proc, at_exit, teardown = run_with_markers(tmp_path, "--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cvkit {__version__}", proc.stderr
+    assert (at_exit, teardown) == ("yes", "torn down")
+
+    proc, at_exit, teardown = run_with_markers(tmp_path, "device", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["versions"]["torch"]  # the whole document arrived
+    assert at_exit == "yes"
+    assert teardown == "", "the interpreter tore itself down after a torch command: no fast exit"
+
+    # an error keeps its exit status and its one line through the fast exit
+    proc, at_exit, teardown = run_with_markers(tmp_path, "predict", str(tmp_path / "missing.jpg"),
+                                               "--checkpoint", str(tmp_path / "none.pt"))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("cvkit: error:") == 1 and "missing.jpg" in "".join(proc.stderr.split()), proc.stderr
+    assert (at_exit, teardown) == ("yes", "")
+    bad = run_cvkit("predict", str(tmp_path / "missing.jpg"), "--checkpoint", str(tmp_path / "none.pt"),
+                    timeout=120)  # the same through `python -m cvkit`
+    assert bad.returncode == 3 and bad.stderr.count("cvkit: error:") == 1, bad.stderr
