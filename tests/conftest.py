@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _fresh_plugins(monkeypatch):
     """Each test starts with no cached plugins and no cvkit plugin variables from the caller."""
     for var in ("CVKIT_DISABLE_PLUGINS", "CVKIT_DISABLE_PLUGIN_AUTOLOAD", "CVKIT_STRICT_PLUGINS",
-                "CVKIT_VERBOSE"):
+                "CVKIT_VERBOSE", "CVKIT_TRUST_CHECKPOINTS"):  # --trust-checkpoints sets the last one
         monkeypatch.delenv(var, raising=False)
     set_plugins(None)
     yield
