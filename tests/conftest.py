@@ -91,6 +91,18 @@ def cli(capsys):
     return run
 
 
+def train_run(out: Path, *args: str) -> Path:
+    """``cvkit train ARGS --out OUT --json`` in this process, for module fixtures; returns OUT."""
+    from cvkit.cli import main
+
+    set_plugins(None)
+    try:
+        main(["train", *args, "--out", str(out), "--json"])
+    except SystemExit as exc:
+        assert not exc.code, f"cvkit train {' '.join(args)}: exit {exc.code}"
+    return out
+
+
 def run_cvkit(*args: str, env: dict | None = None, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m cvkit ARGS`` in a fresh interpreter (for what needs a clean process)."""
     full_env = {**os.environ, **(env or {})}

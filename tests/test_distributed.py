@@ -272,20 +272,26 @@ def test_a_restarted_job_resumes_from_last_pt(toy, tmp_path):
     assert json.loads(out)["last_epoch"] == 3
 
 
+def _ctrl_c_when(proc, ready, never: str, pause: float = 0.0) -> str:
+    """Send SIGINT to ``proc`` once ``ready()`` holds; its stderr once it has exited."""
+    try:
+        assert _wait_for(ready, 180), never
+        time.sleep(pause)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_the_launcher_stops_every_rank_and_saves(toy, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "cvkit", "train", str(toy), *TRAIN, "--epochs", "200",
                              "--batch-size", "4", "--out", str(run), "--nproc", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
-    try:
-        assert _wait_for(lambda: (run / "last.pt").exists(), 180), "training never finished an epoch"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = _ctrl_c_when(proc, lambda: (run / "last.pt").exists(), "training never finished an epoch", pause=0.5)
     assert proc.returncode == 130, err[-3000:]
     assert "SIGINT: stopped" in err and "--nproc 2" in err
     assert err.count("SIGINT: stopped") == 1  # rank 0 alone says it
@@ -308,14 +314,8 @@ def test_ctrl_c_during_validation_finishes_and_saves_that_epoch_on_every_rank(to
                              "--batch-size", "16", "--out", str(run), "--nproc", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env=_env(CHILD_EVENTS=str(events), CHILD_WAIT_IN_VAL="1"))
-    try:
-        both = _wait_for(lambda: {"validating 0", "validating 1"} <= set(events.read_text().splitlines()), 180)
-        assert both, f"the ranks never reached validation: {events.read_text()!r}"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = _ctrl_c_when(proc, lambda: {"validating 0", "validating 1"} <= set(events.read_text().splitlines()),
+                       "the ranks never reached validation")
     assert proc.returncode == 130, err[-3000:]
     assert err.count("SIGINT: stopped after epoch 1") == 1, err[-3000:]
     ckpt = torch.load(run / "last.pt", weights_only=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_run
 from cvkit_plugins.demo import make_shapes
 
 FAST = ["--epochs", "1", "--workers", "0", "--batch-size", "8", "--lr", "0.01", "--seed", "0"]
@@ -32,13 +33,7 @@ def shapes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(shapes, tmp_path_factory) -> Path:
-    from cvkit.cli import main
-
-    out = tmp_path_factory.mktemp("runs") / "run"
-    try:
-        main(["train", str(shapes), *NET, "--out", str(out), "--json"])
-    except SystemExit as exc:
-        assert not exc.code
+    out = train_run(tmp_path_factory.mktemp("runs") / "run", str(shapes), *NET)
     assert (out / "best.pt").exists()
     return out
 
