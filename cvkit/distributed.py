@@ -33,9 +33,11 @@ PEER_LOST_EXIT = 7
 
 
 class PeerLost(CvkitError):
-    """Another process of the job died or stopped answering; this one stops too."""
+    """Another process of the job died or stopped answering; this one stops too. ``cause``: the
+    first line of the error the process group raised."""
 
     exit_code = PEER_LOST_EXIT
+    cause = ""
 
 
 @dataclass
@@ -168,9 +170,12 @@ class peer_errors:
 
 def peer_lost(exc: BaseException, where: str = "", holds: str = "") -> PeerLost:
     """The one-line error of a process whose peer died: ``where`` it noticed, what ``holds`` the
-    last checkpoint."""
-    return PeerLost(f"{where}{': ' if where else ''}another process of this distributed job stopped or failed "
-                    f"({first_line(exc)}); stopping this one too" + (f"; {holds}" if holds else ""))
+    last checkpoint. ``exc`` may be a PeerLost already, raised by a collective that knew neither."""
+    cause = exc.cause if isinstance(exc, PeerLost) else first_line(exc)
+    lost = PeerLost(f"{where}{': ' if where else ''}another process of this distributed job stopped or failed "
+                    f"({cause}); stopping this one too" + (f"; {holds}" if holds else ""))
+    lost.cause = cause
+    return lost
 
 
 def is_peer_failure(exc: BaseException) -> bool:

@@ -734,6 +734,8 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
             f"{exc.message()} again: aborted in epoch {epoch}; "
             + (f"{last_file} holds {holds}; {resume_hint}" if holds else "nothing was saved yet"),
             exc.signum) from None
+    except distributed.PeerLost as exc:  # noticed in a collective of the loop: say where, and what is saved
+        raise distributed.peer_lost(exc, f"epoch {epoch}", f"{last_file} holds {holds}" if holds else "") from None
     except RuntimeError as exc:  # a dead DataLoader worker can surface outside run_phase too
         problem = loader_failure(exc, train_loader, f"epoch {epoch}")
         if problem is None and info.enabled and distributed.is_peer_failure(exc):

@@ -126,6 +126,14 @@ def test_one_process_passes_results_through():
     assert not distributed.is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
+def test_a_peer_lost_in_a_collective_is_reworded_with_where_and_what_is_saved():
+    inner = distributed.peer_lost(RuntimeError("Connection reset by peer\nmore"))  # a collective knows neither
+    outer = distributed.peer_lost(inner, "epoch 2", "run/last.pt holds epoch 1")  # the loop adds both
+    assert str(outer) == ("epoch 2: another process of this distributed job stopped or failed (Connection reset "
+                          "by peer); stopping this one too; run/last.pt holds epoch 1")
+    assert outer.exit_code == 7
+
+
 # --- real jobs: torchrun, gloo, 2 processes ------------------------------------------------------
 
 @pytest.mark.slow
