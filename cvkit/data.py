@@ -302,6 +302,16 @@ def resolve_workers(workers, num_images: int, input_size=None, processes: int = 
     return workers
 
 
+def _worker_start_method(workers: int) -> str | None:
+    """``spawn`` where the default is ``forkserver`` (Linux from Python 3.14): a forkserver's workers
+    are its children, not this process's, so torch hears of a dead one (SIGCHLD) only when a wait
+    for a batch times out, after ``$CVKIT_LOADER_TIMEOUT``; spawned workers are this process's own.
+    Elsewhere the platform's default (fork on Linux before 3.14, spawn on macOS and Windows)."""
+    import multiprocessing
+
+    return "spawn" if workers > 0 and multiprocessing.get_start_method() == "forkserver" else None
+
+
 LOADER_TIMEOUT_ENV = "CVKIT_LOADER_TIMEOUT"
 LOADER_TIMEOUT = 300.0
 
@@ -330,7 +340,7 @@ def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device
     generator.manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-        num_workers=workers,
+        num_workers=workers, multiprocessing_context=_worker_start_method(workers),
         persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=generator,
         timeout=timeout, worker_init_fn=reset_worker_signals if workers > 0 else None,
     )

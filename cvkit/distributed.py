@@ -165,6 +165,7 @@ class peer_errors:
     def __exit__(self, kind, exc, tb):
         if exc is None or not isinstance(exc, RuntimeError):
             return False
+        ignore_the_agents_sigterm()
         raise peer_lost(exc) from None
 
 
@@ -176,6 +177,17 @@ def peer_lost(exc: BaseException, where: str = "", holds: str = "") -> PeerLost:
                     f"({cause}); stopping this one too" + (f"; {holds}" if holds else ""))
     lost.cause = cause
     return lost
+
+
+def ignore_the_agents_sigterm() -> None:
+    """This process is on its way out with exit 7: torchrun sends SIGTERM to the survivors as soon as
+    it sees one process fail, often while this one is still saying why, and that SIGTERM must not
+    turn exit 7 into death by signal (-15). torchrun still kills after its grace period."""
+    import signal
+
+    from cvkit.interrupts import ignore_from_now
+
+    ignore_from_now(signal.SIGTERM)
 
 
 def is_peer_failure(exc: BaseException) -> bool:

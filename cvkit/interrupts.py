@@ -22,6 +22,7 @@ import threading
 from cvkit.errors import CvkitError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_IGNORED: set[int] = set()  # signals this process ignores from now on (see ignore_from_now)
 
 
 def signal_name(signum: int) -> str:
@@ -57,19 +58,32 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def ignore_from_now(signum: int) -> None:
+    """Ignore ``signum`` for the rest of this process, also once cvkit's handlers are taken down: for
+    a process already on its way out, whose exit status a late signal must not replace."""
+    _IGNORED.add(signum)
+    if _in_main_thread():
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def _handlers(handler):
     if not _in_main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def unless_ignored(signum, frame):
+        if signum not in _IGNORED:
+            handler(signum, frame)
+
     for s in SIGNALS:
-        signal.signal(s, handler)
+        signal.signal(s, signal.SIG_IGN if s in _IGNORED else unless_ignored)
     try:
         yield
     finally:
         for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+            signal.signal(s, signal.SIG_IGN if s in _IGNORED else h if h is not None else signal.SIG_DFL)
 
 
 def _foreign_process(signum: int, owner: int) -> bool:

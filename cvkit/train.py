@@ -739,6 +739,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     except RuntimeError as exc:  # a dead DataLoader worker can surface outside run_phase too
         problem = loader_failure(exc, train_loader, f"epoch {epoch}")
         if problem is None and info.enabled and distributed.is_peer_failure(exc):
+            distributed.ignore_the_agents_sigterm()
             problem = distributed.peer_lost(exc, f"epoch {epoch}", f"{last_file} holds {holds}" if holds else "")
         if problem is None:
             raise
