@@ -30,8 +30,8 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 # The benchmark of docs/performance.md: cvkit against the plain chapter loop, on data it draws into
-# .bench-data/ (about 11 minutes on 2 quiet CPU cores). `make bench BENCH_ARGS=--quick` checks the
-# harness in about 2 minutes; raw numbers go to runs/bench-results.json.
+# .bench-data/ (about 12 minutes on 2 quiet CPU cores, a few more the first time). `make bench BENCH_ARGS=--quick`
+# checks the harness in about 3 minutes; raw numbers go to runs/bench-results.json.
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python benchmarks/run.py --out runs/bench-results.json $(BENCH_ARGS)
