@@ -72,13 +72,8 @@ def _handlers(handler):
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
-
-    def unless_ignored(signum, frame):
-        if signum not in _IGNORED:
-            handler(signum, frame)
-
     for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN if s in _IGNORED else unless_ignored)
+        signal.signal(s, signal.SIG_IGN if s in _IGNORED else handler)
     try:
         yield
     finally:
