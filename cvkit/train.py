@@ -157,7 +157,7 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
                 if requested and (training or stop.workers_lost):
                     stopped_at = step
                     break
-    except RuntimeError as exc:
+    except (RuntimeError, EOFError, ConnectionError) as exc:  # see loader_failure
         between_steps = stop is not None and stop.fetching
         if stop is not None:
             stop.fetching = False
@@ -236,6 +236,12 @@ def loader_failure(exc: BaseException, loader, description: str = "", iterator=N
     workers = getattr(loader, "num_workers", 0)
     option = f"--workers {workers}" if workers else "--workers"
     where = f" during {description}" if description else ""
+    if isinstance(exc, (EOFError, ConnectionError)) and workers:
+        # torch hands a batch's shared memory over through its worker (file-descriptor sharing): a
+        # worker that died after queueing a batch leaves the main process an EOFError or a refused
+        # connection (seen after a SIGTERM to the process group), which click would turn into "Aborted."
+        return DataError(f"{option}: a DataLoader worker died while handing over a batch{where} "
+                         f"({type(exc).__name__}); rerun with --workers 0 to see the error in the main process")
     if first.startswith("DataLoader timed out after"):
         return DataError(f"{option}: a DataLoader worker gave no batch in {getattr(loader, 'timeout', '?')} "
                          f"seconds{where}: it hangs or is very slow; rerun with --workers 0 to find out, "

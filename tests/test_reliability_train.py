@@ -310,6 +310,29 @@ def test_a_worker_that_dies_late_does_not_turn_a_stop_into_a_data_error(cli, sha
     assert "SIGTERM: stopped in epoch 1 after step 2" in _one_line(r.err)
 
 
+def test_a_batch_lost_with_its_dead_worker_ends_as_the_stop(cli, shapes, tmp_path, monkeypatch):
+    """The group's SIGTERM arrives while the loop waits for a batch that a worker had already queued,
+    and the worker dies before the main process takes the batch's shared memory from it: torch's
+    unpickling then raises EOFError (click's "Aborted.", exit 1, as seen once in CI). It must end as
+    the stop it is: exit 143, one line."""
+    from torch.utils.data import dataloader
+
+    real_next = dataloader._MultiProcessingDataLoaderIter._next_data
+    calls = [0]
+
+    def next_data(self):
+        calls[0] += 1
+        if calls[0] == 2:
+            signal.raise_signal(signal.SIGTERM)
+            raise EOFError
+        return real_next(self)
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_next_data", next_data)
+    r = cli("train", str(shapes), *FAST, "--workers", "2", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert r.code == 143, r.err
+    assert "SIGTERM: stopped in epoch 1 after step 1" in _one_line(r.err)
+
+
 def _proc_state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
