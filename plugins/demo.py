@@ -223,11 +223,11 @@ def _clamp(value: float) -> int:
 
 
 def build_shapes(root: str, *, split: str, transform, seed: int = 0,
-                 train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS):
+                 train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS, size: int = 64):
     """The ``shapes`` dataset: drawn into ``root`` on first use, then read as an imagefolder."""
     from cvkit_plugins.datasets import build_imagefolder
 
-    make_shapes(root, seed=seed, train_per_class=train_per_class, val_per_class=val_per_class)
+    make_shapes(root, seed=seed, train_per_class=train_per_class, val_per_class=val_per_class, size=size)
     return build_imagefolder(root, split=split, transform=transform)
 
 
@@ -235,4 +235,4 @@ def build_shapes(root: str, *, split: str, transform, seed: int = 0,
 def register_datasets(register):
     register("shapes", build_shapes,
              help="built-in synthetic demo data (circle, square, triangle, star), "
-                  "drawn into ROOT on first use; options: seed, train_per_class, val_per_class")
+                  "drawn into ROOT on first use; options: seed, train_per_class, val_per_class, size")

@@ -28,16 +28,28 @@ def _count(root: Path) -> dict:
     return counts
 
 
-def make_demo_data(folder: str, *, seed: int = 0, plugins=None) -> dict:
-    """Draw the built-in demo tree through the ``shapes`` dataset plugin (offline, deterministic)."""
+def make_demo_data(folder: str, *, seed: int = 0, train_per_class: int | None = None,
+                   val_per_class: int | None = None, size: int | None = None, plugins=None) -> dict:
+    """Draw the built-in demo tree through the ``shapes`` dataset plugin (offline, deterministic).
+
+    Sizes left None are the plugin's defaults (1000 and 100 pictures per class, 64 pixels)."""
     from cvkit.build import build_dataset
 
-    existed = (Path(folder) / "train").is_dir()
-    ds = build_dataset(DEMO_DATASET, folder, split="train", transform=None, options={"seed": seed},
-                       plugins=plugins)
+    before = _top_level(Path(folder))
+    sizes = {"train_per_class": train_per_class, "val_per_class": val_per_class, "size": size}
+    options = {"seed": seed, **{k: v for k, v in sizes.items() if v is not None}}
+    ds = build_dataset(DEMO_DATASET, folder, split="train", transform=None, options=options, plugins=plugins)
     root = Path(folder)
     return {"root": str(root), "classes": list(ds.classes), "counts": _count(root), "seed": seed,
-            "created": not existed}
+            "created": _top_level(root) != before}
+
+
+def _top_level(root: Path) -> dict:
+    """What the folder's entries are: redrawing the tree replaces them (new inode or mtime)."""
+    try:
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
+    except OSError:
+        return {}
 
 
 def download_dataset(name: str, folder: str) -> dict:
@@ -106,6 +118,8 @@ def render_check(report: dict) -> None:
         say(f"[red]unreadable:[/] {esc(u['error'])}")
     for w in report["warnings"]:
         say(f"[yellow]warning:[/] {esc(w)}")
+    for n in report.get("notes", []):  # not problems: what `cvkit train` will need for this layout
+        say(f"[cyan]note:[/] {esc(n)}")
     if "unreadable" not in report:
         ui.out.print("(quick check: images were not decoded)")
     elif not (report["errors"] or report["unreadable"] or report["warnings"]):

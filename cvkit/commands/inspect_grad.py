@@ -167,7 +167,7 @@ def render_inspect_grad(report: dict) -> None:
               f"-> output {report['output']['shape']}; loss [bold]{loss['name']}[/] = "
               f"[bold]{loss['value']:.6g}[/] against random target classes {loss['target']}")
 
-    tree = Tree(f"[bold]loss.grad_fn[/] = {loss['grad_fn']}")
+    tree = Tree(Text.from_markup(f"[bold]loss.grad_fn[/] = {loss['grad_fn']}", overflow="fold"))
     _add_nodes(tree, report["graph"])
     out.print(Panel(tree, title="autograd graph (next_functions)", expand=False))
 
@@ -194,7 +194,7 @@ def render_inspect_grad(report: dict) -> None:
         if nonfinite:
             cells.append(f"[red]{g['nonfinite']}[/]" if g and g["nonfinite"] else "0")
         table.add_row(*cells)
-    out.print(table)
+    ui.print_fitted(table, drop=("mean", "count", "shape"))
     if nonfinite:
         out.print(f"[red bold]{nonfinite} gradient values are NaN or infinite[/]")
     else:
@@ -216,14 +216,14 @@ def render_inspect_grad(report: dict) -> None:
     if report["step"]:
         s = report["step"]
         table = Table(title=f"one {s['optimizer']} step (lr {s['lr']:g}): how far each parameter moved",
-                      title_justify="left")
+                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("name")
         table.add_column("change norm", justify="right")
         table.add_column("max |change|", justify="right")
         for p in s["parameters"]:
             table.add_row(p["name"], f"{p['change_norm']:.4g}", f"{p['max_abs_change']:.3g}",
                           style=None if p["trainable"] else "dim")
-        out.print(table)
+        ui.print_fitted(table)
 
 
 def _short_count(n: int) -> str:
@@ -231,6 +231,8 @@ def _short_count(n: int) -> str:
 
 
 def _add_nodes(tree, node) -> None:
+    from rich.text import Text
+
     if node is None:
         return
     for child in node.get("next_functions", []):
@@ -239,4 +241,4 @@ def _add_nodes(tree, node) -> None:
             label += f" [cyan]{child['parameter']}[/] {'x'.join(map(str, child['shape']))}"
         if "truncated" in child:
             label += f" [dim]… {child['truncated']} more below (--depth)[/]"
-        _add_nodes(tree.add(label), child)
+        _add_nodes(tree.add(Text.from_markup(label, overflow="fold")), child)

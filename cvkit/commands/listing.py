@@ -93,4 +93,4 @@ def render_entries(report: dict) -> None:
             table.add_row(*cells)
         if not rows:
             table.add_row(*(["(none)"] + [""] * (len(table.columns) - 1)))
-        ui.out.print(table)
+        ui.print_fitted(table, drop=("transforms", "input", "plugin"))
