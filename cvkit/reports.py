@@ -9,6 +9,7 @@ command line imports this module at start-up.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 DPI = 120
@@ -64,8 +65,8 @@ def plot_curves(history, path, *, title: str = "Training curves") -> Path:
     # one legend under both panels: inside either it would cover points somewhere
     handles, labels = acc_ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=10, frameon=False)
-    fig.suptitle(title, fontsize=14, fontweight="bold")
-    return _save(fig, path)
+    fig.suptitle(wrap_title(title, 11 - 0.4, 14, bold=True), fontsize=14, fontweight="bold")
+    return _save(fig, path, title)
 
 
 def _best_epoch(rows) -> dict | None:
@@ -98,7 +99,11 @@ def plot_confusion_matrix(matrix, classes, path, *, title: str = "Confusion matr
     cell = 0.55 if n <= 12 else 0.42  # inches
     label_room = 0.09 * max(len(str(c)) for c in classes) + 1.2
     side = max(3.0, n * cell)
-    fig = Figure(figsize=(side + label_room + 1.6, side + label_room + 0.6), dpi=DPI, layout="constrained")
+    width = side + label_room + 1.6
+    # the title spans the figure (it may name a model, a checkpoint and a folder): wrapped to its width
+    heading = wrap_title(title, width - 0.3, 12, bold=True)
+    fig = Figure(figsize=(width, side + label_room + 0.6 + 0.2 * heading.count("\n")), dpi=DPI,
+                 layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     colorbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.02)
@@ -127,8 +132,9 @@ def plot_confusion_matrix(matrix, classes, path, *, title: str = "Confusion matr
                         color="white" if shares[i][j] > 0.55 else "#222222")
 
     accuracy = f"accuracy {right / total:.1%} of {total}" if total else "no samples"
-    ax.set_title(f"{title}\n{accuracy}", fontsize=12)
-    return _save(fig, path)
+    fig.suptitle(heading, fontsize=12, fontweight="bold")
+    ax.set_title(accuracy, fontsize=11)
+    return _save(fig, path, f"{title}: {accuracy}")
 
 
 def image_grid(images, labels, path, *, colors=None, ncols: int | None = None, title: str | None = None) -> Path:
@@ -159,11 +165,8 @@ def image_grid(images, labels, path, *, colors=None, ncols: int | None = None, t
     tile = 1.9 if ncols <= 6 else 1.6  # inches
     caption = lines * font * 1.45 / 72 + 0.1  # inches of text under each tile
     width = ncols * tile + 0.2
-    if title:  # wrap a long title to the grid's width (about 0.11 inch a character at 13 pt bold)
-        import textwrap
-
-        title = "\n".join(textwrap.wrap(title, max(12, int(width / 0.11))))
-    height = nrows * (tile + caption) + (0.1 + 0.3 * (title.count("\n") + 1) if title else 0.1)
+    heading = wrap_title(title, width - 0.2, 13, bold=True) if title else None  # to the grid's width
+    height = nrows * (tile + caption) + (0.1 + 0.3 * (heading.count("\n") + 1) if heading else 0.1)
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for index, ax in enumerate(axes.flat):
@@ -177,14 +180,15 @@ def image_grid(images, labels, path, *, colors=None, ncols: int | None = None, t
             ax.imshow(pixels, vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_anchor("S")  # pictures of other shapes sit on one line, so a row's captions line up
         colour = colors[index]
         ax.set_xlabel(labels[index], fontsize=font, color=colour or "black", linespacing=1.2)
         for spine in ax.spines.values():
             spine.set_color(colour or "#bbbbbb")
             spine.set_linewidth(2.5 if colour else 0.8)
-    if title:
-        fig.suptitle(title, fontsize=13, fontweight="bold")
-    return _save(fig, path)
+    if heading:
+        fig.suptitle(heading, fontsize=13, fontweight="bold")
+    return _save(fig, path, title)
 
 
 def _as_pixels(image):
@@ -219,11 +223,32 @@ def denormalize(tensor, mean, std):
     return (values * std + mean).clamp(0.0, 1.0)
 
 
-def _save(fig, path) -> Path:
+def wrap_title(title: str, width_inches: float, fontsize: float, *, bold: bool = False) -> str:
+    """``title`` broken into lines that fit ``width_inches`` at ``fontsize`` points (a run
+    directory's path is long). Lines break at spaces where they can, and inside a word (a path)
+    where they must; line breaks already in ``title`` are kept."""
+    import textwrap
+
+    per_char = fontsize / 72 * (0.68 if bold else 0.6)  # inches: DejaVu Sans's wider letters, a margin kept
+    columns = max(12, int(width_inches / per_char))
+    return "\n".join(line for part in title.split("\n")
+                     for line in (textwrap.wrap(part, columns, break_on_hyphens=False) or [""]))
+
+
+def _save(fig, path, title: str | None = None) -> Path:
+    """Write ``fig`` as a PNG; ``title`` is also stored in the file's ``Title`` text field, where
+    image viewers and ``PIL.Image.open(path).text`` find it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"Software": "cvkit"}
+    if title:
+        metadata["Title"] = " ".join(title.split())  # one line, however it was wrapped on the picture
     try:
-        fig.savefig(path, format="png", dpi=DPI, facecolor="white")
+        with warnings.catch_warnings():
+            # a folder or class named in a script the font lacks (CJK, ...) is drawn as boxes; the
+            # Title field keeps it whole, and a warning per letter on stderr would tell nothing more
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+            fig.savefig(path, format="png", dpi=DPI, facecolor="white", metadata=metadata)
     finally:
         fig.clear()  # a Figure outside pyplot is freed with its last reference; drop the artists now
     return path

@@ -38,9 +38,25 @@ def class_map(data_classes: list[str], ckpt_classes: list[str], where: str):
 
     unknown = [c for c in data_classes if c not in ckpt_classes]
     if unknown:
-        raise DataError(f"{where}: class {unknown[0]!r} is not one the checkpoint knows "
-                        f"({', '.join(ckpt_classes)})" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        raise DataError(unknown_classes_message(unknown, ckpt_classes, where))
     return torch.tensor([ckpt_classes.index(c) for c in data_classes])
+
+
+UNKNOWN_NAMED = 5  # unknown classes named in the message; the rest are counted
+KNOWN_NAMED = 12  # the checkpoint's classes named in it (an ImageNet checkpoint knows 1000)
+
+
+def unknown_classes_message(unknown: list[str], known: list[str], where: str) -> str:
+    """One line: every unknown class named (up to UNKNOWN_NAMED, then counted as unknown), apart
+    from the list of the classes the checkpoint knows."""
+    named = ", ".join(repr(c) for c in unknown[:UNKNOWN_NAMED])
+    if len(unknown) > UNKNOWN_NAMED:
+        named += f" and {len(unknown) - UNKNOWN_NAMED} more unknown"
+    subject = f"class {named} is not one" if len(unknown) == 1 else f"classes {named} are not ones"
+    knows = f"it knows: {', '.join(known)}"
+    if len(known) > KNOWN_NAMED:
+        knows = f"it knows {len(known)}: {', '.join(known[:KNOWN_NAMED])} and {len(known) - KNOWN_NAMED} others"
+    return f"{where}: {subject} the checkpoint knows ({knows})"
 
 
 def per_class_scores(matrix: list[list[int]], classes: list[str]) -> list[dict]:
@@ -109,9 +125,10 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
 def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -> dict:
     from cvkit import reports
 
+    shows = f"{report['model']} ({report['checkpoint']})"  # each picture says which model and run it shows
     files = {"confusion_matrix": str(reports.plot_confusion_matrix(
         report["confusion_matrix"], report["classes"], out / "confusion_matrix.png",
-        title=f"Confusion matrix: {report['model']} on {report['data']}"))}
+        title=f"{shows}: confusion matrix on {report['data']}"))}
     wrong = [i for i, (t, p) in enumerate(zip(result["targets"], result["predictions"])) if t != p]
     if wrong:
         images, labels = [], []
@@ -121,7 +138,8 @@ def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -
             labels.append(f"{report['classes'][result['predictions'][i]]}\n(true: {report['classes'][result['targets'][i]]})")
         files["misclassified"] = str(reports.image_grid(
             images, labels, out / "misclassified.png", colors=["red"] * len(images),
-            title=f"{len(wrong)} misclassified" + (f" (first {MISCLASSIFIED_SHOWN})" if len(wrong) > MISCLASSIFIED_SHOWN else "")))
+            title=f"{shows}: {len(wrong)} of {report['images']} misclassified on {report['data']}"
+                  + (f" (the first {MISCLASSIFIED_SHOWN} shown)" if len(wrong) > MISCLASSIFIED_SHOWN else "")))
     return files
 
 

@@ -13,7 +13,8 @@ from cvkit import ui
 from cvkit.errors import DataError, UsageError
 from cvkit.images import IMAGE_EXTENSIONS, load_image
 
-GRID_MAX = 64
+GRID_MAX = 64  # pictures drawn by --grid, the first ones
+GRID_THUMB = 256  # pixels, the longer side of each picture drawn (a tile is about 230)
 
 
 def _walk_images(folder: str, skipped: list[dict]) -> list[Path]:
@@ -72,7 +73,10 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[dict]]:
 
 def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: int = 3, batch_size: int = 32,
                    device: str = "auto", precision: str = "auto", grid: str | None = None,
-                   plugins=None) -> dict:
+                   grid_input: bool = False, plugins=None) -> dict:
+    """Top-k classes of ``images`` (files, folders, globs). ``grid``: also draw the first
+    :data:`GRID_MAX` images into this PNG, each captioned with its top class and probability: the
+    user's own pictures, or with ``grid_input`` what the model was given (after the eval transform)."""
     import torch
 
     from cvkit.build import decode_min_side
@@ -116,14 +120,39 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
               "images_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
               "results": results, "skipped": skipped}
     if grid:
-        from cvkit import reports
-
-        images = [reports.denormalize(x, spec.mean, spec.std) for x in shown]
-        labels = [f"{r['predictions'][0]['label']} {r['predictions'][0]['probability']:.2f}\n"
-                  f"{Path(r['path']).name[:24]}" for r in results[:len(shown)]]
-        report["grid"] = str(reports.image_grid(images, labels, Path(grid),
-                                                title=f"{spec.name} predictions ({path})"))
+        report["grid"] = str(_draw_grid(Path(grid), results[:len(shown)], shown, spec, path, len(results),
+                                        grid_input=grid_input))
     return report
+
+
+def _thumbnail(path, fallback):
+    """The picture at ``path`` as the user sees it: RGB, at most GRID_THUMB pixels a side, aspect
+    kept. Opened again here, after the predictions, so only the pictures drawn are read twice; if
+    it can no longer be read, ``fallback`` (what the model was given) is drawn instead."""
+    from PIL import Image
+
+    try:
+        picture = load_image(path, min_side=GRID_THUMB).convert("RGB")
+    except DataError:
+        return fallback
+    picture.thumbnail((GRID_THUMB, GRID_THUMB), Image.Resampling.LANCZOS)
+    return picture
+
+
+def _draw_grid(out: Path, results: list[dict], inputs: list, spec, checkpoint, total: int, *, grid_input: bool):
+    from cvkit import reports
+
+    model_inputs = [reports.denormalize(x, spec.mean, spec.std) for x in inputs]
+    if grid_input:
+        images = model_inputs
+    else:
+        images = [_thumbnail(r["path"], x) for r, x in zip(results, model_inputs)]
+    labels = [f"{r['predictions'][0]['label']} {r['predictions'][0]['probability']:.2f}\n"
+              f"{Path(r['path']).name[:24]}" for r in results]
+    what = "predictions" + (f" (the first {len(results)} of {total})" if total > len(results) else "")
+    if grid_input:
+        what += f", model input after the eval transform ({'x'.join(map(str, spec.input_size))})"
+    return reports.image_grid(images, labels, out, title=f"{spec.name} ({checkpoint}): {what}")
 
 
 def _decoded_batches(paths, batch_size: int, transform, min_side):
@@ -174,21 +203,40 @@ def predict_summary(report: dict) -> str:
             f"{report['seconds']:.2f}s ({rate} images/s, {report['device']} {report['precision']})")
 
 
-def render_predictions(report: dict) -> None:
+# In a narrow terminal the table loses these columns first, in this order; the image, its top
+# label and that label's probability always stay, and no value is ever cut short.
+PREDICTION_DROP = ("bar", "also")
+BAR_WIDTH = 10
+
+
+def prediction_table(report: dict):
+    """One table, a row per image: its path (whole), the top class and probability, a bar, and for
+    --top-k above 1 the other guesses in one column."""
     from rich.markup import escape as esc
     from rich.table import Table
 
+    also = any(len(r["predictions"]) > 1 for r in report["results"])
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("image", overflow="fold")
+    table.add_column("label", overflow="fold", style="bold")
+    table.add_column("probability", justify="right", no_wrap=True)
+    table.add_column("bar", style="cyan", no_wrap=True, min_width=BAR_WIDTH)
+    if also:
+        table.add_column("also", overflow="fold")
     for r in report["results"]:
-        table = Table(title=esc(r["path"]), title_justify="left", show_edge=False)
-        table.add_column("#", justify="right")
-        table.add_column("label")
-        table.add_column("probability", justify="right")
-        table.add_column("")
-        for rank, p in enumerate(r["predictions"], 1):
-            bar = "█" * round(p["probability"] * 20)
-            table.add_row(str(rank), esc(p["label"]), f"{p['probability']:.3f}", f"[cyan]{bar}[/]",
-                          style="bold" if rank == 1 else None)
-        ui.out.print(table)
+        top, *rest = r["predictions"]
+        row = [esc(r["path"]), esc(top["label"]), f"{top['probability']:.3f}",
+               "█" * round(top["probability"] * BAR_WIDTH)]
+        if also:
+            row.append(esc(", ".join(f"{p['label']} {p['probability']:.3f}" for p in rest)))
+        table.add_row(*row)
+    return table
+
+
+def render_predictions(report: dict) -> None:
+    from rich.markup import escape as esc
+
+    ui.print_fitted(prediction_table(report), drop=PREDICTION_DROP)
     ui.out.print(esc(predict_summary(report)), soft_wrap=True)
     if report.get("grid"):
-        ui.out.print(f"grid: {esc(report['grid'])}")
+        ui.out.print(f"grid: {esc(report['grid'])}", soft_wrap=True)

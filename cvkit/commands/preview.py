@@ -33,7 +33,7 @@ def preview_batch(data: str, *, model: str = "net", transforms: str | None = Non
         images.append(reports.denormalize(x, spec.mean, spec.std))
         labels.append(splits.classes[int(y)])
     path = reports.image_grid(images, labels, Path(out),
-                              title=f"{len(images)} training images for {model} ({name} transforms, "
-                                    f"{'x'.join(map(str, spec.input_size))})")
+                              title=f"{model}: {len(images)} training images from {data} as the model sees them "
+                                    f"({name} transforms, {'x'.join(map(str, spec.input_size))})")
     return {"path": str(path), "model": model, "transforms": name, "images": len(images),
             "classes": splits.classes}
