@@ -29,21 +29,44 @@ def _has_dir(root: str, names) -> bool:
     return any(os.path.isdir(os.path.join(root, n)) for n in names)
 
 
-def detect_layout(root: str, val_split: float | None) -> str:
-    """``folders`` (train/ and val/) or ``split`` (class folders split by val_split)."""
+def find_layout(root: str) -> str:
+    """What ``root`` holds, before any option is applied: ``folders`` (train/ and val/),
+    ``train-only`` (train/ without val/) or ``flat`` (class folders). Raises :class:`DataError`
+    for a missing folder, a file, or a folder without class folders."""
     if not os.path.exists(root):
         raise DataError(f"{root}: no such folder")
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder (DATA is a folder of class folders, or of train/ and val/)")
     if _has_dir(root, ("train",)):
-        if _has_dir(root, VAL_NAMES):
-            return "folders"
-        if val_split:
-            raise UsageError(f"--val-split: {root} has a train/ folder; split it yourself or add val/")
-        raise DataError(f"{root}: has train/ but no val/ (or valid/, validation/) folder")
+        return "folders" if _has_dir(root, VAL_NAMES) else "train-only"
     subdirs = [d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))]
     if not subdirs:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/<images> or {root}/train and {root}/val)")
+    return "flat"
+
+
+def train_only_message(root: str) -> str:
+    """What ``cvkit train`` and ``cvkit data check`` say of a train/ folder without a val/ folder."""
+    return (f"{root}: has train/ but no val/ (or valid/, validation/) folder; add one, or train on "
+            f"{os.path.join(root, 'train')} with --val-split 0.2 to hold out part of each class")
+
+
+def flat_note(root: str) -> str:
+    """What ``cvkit data check`` notes of a flat tree (class folders, no val/): train needs --val-split."""
+    return (f"{root}: no validation split (class folders without train/ and val/); cvkit train needs "
+            f"--val-split FRACTION for it (e.g. --val-split 0.2 holds out 20% of each class)")
+
+
+def detect_layout(root: str, val_split: float | None) -> str:
+    """``folders`` (train/ and val/) or ``split`` (class folders split by val_split)."""
+    found = find_layout(root)
+    if found == "folders":
+        return "folders"
+    if found == "train-only":
+        if val_split:
+            raise UsageError(f"--val-split: {root} has a train/ folder, which it would not split; add a val/ "
+                             f"folder, or train on {os.path.join(root, 'train')} with --val-split {val_split:g}")
+        raise DataError(train_only_message(root))
     if not val_split:
         raise DataError(f"{root}: no val/ folder; pass --val-split 0.2 to hold out part of each class")
     return "split"
@@ -205,6 +228,13 @@ def scan_split(path: str) -> dict:
     return {"path": path, "classes": classes, "hidden_ignored": hidden, "other_files": others}
 
 
+def single_class_message(name: str) -> str:
+    """One class only: training runs, but there is nothing to tell apart (``cvkit data check`` and
+    ``cvkit train`` both say so)."""
+    return (f"only one class ({name}): a classifier needs at least two; every prediction would be {name} "
+            f"and accuracy 100% without learning anything")
+
+
 IMBALANCE_WARNING = 3.0  # largest class / smallest class in train
 
 
@@ -212,13 +242,20 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
                allow_empty: bool = False) -> dict:
     """Check an image tree without changing it: per-split class counts, imbalance, empty classes,
     classes missing from a split and, with ``deep``, unreadable images and exact duplicates shared by
-    train and val. ``errors`` stop training; ``warnings`` do not."""
+    train and val. ``errors`` stop training; ``warnings`` do not; ``notes`` say what training will
+    need (a flat tree checked without ``val_split``: ``cvkit train`` needs ``--val-split``). A train/
+    folder without val/ raises the :class:`DataError` that training raises for it."""
     import hashlib
 
     from cvkit.images import load_image
 
     root = str(root)
+    notes = []  # neither errors nor warnings: what train will need
+    if find_layout(root) == "train-only":  # train refuses it: the same words here, exit 3
+        raise DataError(train_only_message(root))
     layout = detect_layout(root, val_split or 0.2)  # a flat tree is fine to check; train asks for --val-split
+    if layout == "split" and not val_split:
+        notes.append(flat_note(root))
     if layout == "folders":
         val_dir = next(os.path.join(root, n) for n in VAL_NAMES if os.path.isdir(os.path.join(root, n)))
         splits = {"train": scan_split(os.path.join(root, "train")), "val": scan_split(val_dir)}
@@ -237,6 +274,8 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
         if message:
             errors.append(message)
     counts = {c: len(f) for c, f in next(iter(splits.values()))["classes"].items()}
+    if len(counts) == 1:
+        warnings.append(single_class_message(next(iter(counts))))
     nonzero = [n for n in counts.values() if n]
     if nonzero and max(nonzero) > IMBALANCE_WARNING * min(nonzero):
         big = max(counts, key=counts.get)
@@ -248,7 +287,7 @@ def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
                           "images": sum(len(f) for f in s["classes"].values()),
                           "hidden_ignored": s["hidden_ignored"], "other_files": s["other_files"]}
                    for name, s in splits.items()},
-        "errors": errors, "warnings": warnings,
+        "errors": errors, "warnings": warnings, "notes": notes,
     }
     if deep:
         unreadable, digests = [], {}

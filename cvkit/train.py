@@ -352,14 +352,89 @@ def write_metrics(history: list[dict], path: Path) -> None:
         raise
 
 
-def _epoch_table(first: bool):
+# In a narrow terminal the epoch table leaves out columns in this order (ui.fit); the rest keep their numbers.
+EPOCH_COLUMNS_DROPPED = ("time", "lr", "train acc", "val loss", "train loss")
+
+
+def _print_epoch_row(console, cells: list[str], *, first: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, show_header=first, header_style="bold underline", pad_edge=False)
     for name, width in (("epoch", 7), ("train loss", 10), ("train acc", 9), ("val loss", 9), ("val acc", 8),
                         ("lr", 7), ("time", 6), ("", 4)):
-        table.add_column(name, justify="right", width=width, no_wrap=True)
-    return table
+        table.add_column(name, justify="right", min_width=width, no_wrap=True)
+    table.add_row(*cells)
+    dropped = ui.fit(table, EPOCH_COLUMNS_DROPPED, console=console)
+    console.print(table)
+    if first and dropped:
+        console.print(f"(not shown at {console.width} columns: {', '.join(dropped)}; all of them are in "
+                      "metrics.csv)", style="dim", markup=False, highlight=False)
+
+
+def model_warnings(config: TrainConfig, spec: ModelSpec, model, plugins: Plugins) -> list[str]:
+    """Why this model, as built, cannot learn; one line each (empty when nothing is wrong).
+
+    Clear-cut only: a frozen backbone (most parameters frozen, or everything but the registered
+    head) left at random initialisation by ``--weights none``: it computes random features that
+    training never changes, so only the head learns (seen: 25% accuracy on 4 classes).
+    """
+    if config.weights is None or config.weights.strip().lower() not in ("none", ""):
+        return []  # None (the model's default), imagenet or a file: the frozen part holds learnt weights
+    params = list(model.parameters())
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    head = frozen_head(model, spec.head)
+    if not frozen or (head is None and frozen < trainable):
+        return []
+    trains = f"only {head} trains" if head else f"only {trainable:,} of {frozen + trainable:,} parameters train"
+    entry = plugins["models"].get(config.model)
+    other = entry.meta.get("unfrozen")  # the same model with a backbone that trains, if the plugin names one
+    return [f"{config.model} with --weights none: the backbone is frozen at random weights and cannot learn; "
+            f"{trains}. Use --weights imagenet or a weights file"
+            + (f", or {other}" if other else ", or a model whose backbone trains")]
+
+
+def data_warnings(splits) -> list[str]:
+    """Why this data cannot train or measure a classifier; one line each. Clear-cut only: a single
+    class; classes without training images (they cannot be learnt); classes without validation
+    images (val accuracy, which picks best.pt, does not measure them). Counted from the datasets'
+    ``targets`` where they list them (no image is read)."""
+    from cvkit.data import single_class_message
+
+    classes = list(splits.classes)
+    if len(classes) == 1:
+        return [single_class_message(classes[0])]
+    found = []
+    for split, text in (("train", "no training images: the model cannot learn {}"),
+                        ("val", "no validation images: val accuracy (which picks best.pt) does not measure {}")):
+        counts = _class_counts(getattr(splits, split), len(classes))
+        missing = [classes[i] for i, n in enumerate(counts or []) if n == 0]
+        if missing:
+            one = len(missing) == 1
+            names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            found.append(f"{len(missing)} of {len(classes)} classes ({names}) {'has' if one else 'have'} "
+                         + text.format("it" if one else "them"))
+    return found
+
+
+def _class_counts(dataset, num_classes: int) -> list[int] | None:
+    """Images per class of an ImageFolder-like dataset or a Subset of one; None when it does not
+    list its targets."""
+    indices = None
+    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
+        indices, dataset = dataset.indices, dataset.dataset
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return None
+    try:
+        labels = [int(targets[i]) for i in indices] if indices is not None else [int(t) for t in targets]
+    except (TypeError, ValueError, IndexError):
+        return None
+    counts = [0] * num_classes
+    for label in labels:
+        if 0 <= label < num_classes:
+            counts[label] += 1
+    return counts
 
 
 def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | None = None,
@@ -393,9 +468,10 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     info = distributed.from_env()  # torchrun's RANK / WORLD_SIZE; one process without it
     device = distributed.setup(info, resolve_device(config.device))
     try:
+        asked = resume is not None  # the user's --resume, not a torchrun restart's own run
         resume = resume or _restarted_run(config, info)
         return _fit(config, resume=resume, plugins=plugins, show_progress=show_progress and info.is_main,
-                    console=console, started=started, info=info, device=device)
+                    console=console, started=started, info=info, device=device, asked=asked)
     finally:
         distributed.teardown(info)
 
@@ -426,7 +502,8 @@ def _restarted_run(config: TrainConfig, info) -> str | None:
 JOB_MARKER = ".torchrun-job"  # in a run directory: the torchrun rendezvous id of the job that wrote it
 
 
-def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, started, info, device) -> dict:
+def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, started, info, device,
+         asked: bool = True) -> dict:
     import torch
 
     from cvkit import distributed
@@ -440,6 +517,19 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
             raise CheckpointError(f"--resume {resume}: the checkpoint is of model {saved.get('model')!r}, "
                                   f"not {config.model!r}")
         run_dir = ckpt_path.parent
+        done = int(checkpoint["epoch"])
+        if asked and done >= config.epochs:
+            # An error (exit 2), not a notice with exit 0: the user asked for more training and got
+            # none, and a script (`cvkit train --resume RUN && cvkit eval ...`) must notice that
+            # instead of going on as if the run had trained further. Nothing in RUN changes.
+            # (A torchrun restart of a job that had finished, asked=False, ends as before.)
+            more = max(2 * done, done + 1)
+            again = f"cvkit train --resume {shlex.quote(str(run_dir))} --epochs {more}" + (
+                f" --nproc {info.world}" if info.enabled else "")
+            trained = (f"{done} of {done} epochs" if done == config.epochs
+                       else f"{done} epochs, more than --epochs {config.epochs}")
+            raise UsageError(f"{run_dir}: already trained {trained}; to train further, raise --epochs "
+                             f"(e.g. {again})")
     if config.data is None:
         raise UsageError("DATA: give the image folder to train on")
 
@@ -458,6 +548,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
                          on_bad_image=config.on_bad_image, min_side=decode_min_side(spec), plugins=plugins)
     skipped = splits.layout.get("skipped") or []
     classes = splits.classes
+    run_warnings = data_warnings(splits)  # before the datasets are wrapped in caches
     if checkpoint is not None and checkpoint["classes"] != classes:
         raise CheckpointError(f"--resume {resume}: the checkpoint's classes {checkpoint['classes']} differ "
                               f"from the data's {classes}")
@@ -494,6 +585,10 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise UsageError(f"--model {config.model}: no trainable parameters")
+    run_warnings = model_warnings(config, spec, model, plugins) + run_warnings
+    if info.is_main:  # distributed: rank 0 speaks for the job
+        for message in run_warnings:
+            ui.warn(message)
     optimizer = build_optimizer(config.optimizer, trainable, lr=config.lr, options=opts.get("optimizer"),
                                 plugins=plugins)
     scheduler = build_scheduler(config.scheduler, optimizer, epochs=config.epochs,
@@ -602,7 +697,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
                   "channels_last": channels_last, "cached_features": head is not None,
                   "frozen_backbone": frozen_backbone,
                   "decoded_images_kept": decoded["images"] if decoded else 0,
-                  "processes": info.world, "backend": info.backend}
+                  "processes": info.world, "backend": info.backend, "warnings": run_warnings}
     if not show_progress:
         console = ui.err if console is ui.out else console
     if show_progress:
@@ -717,11 +812,10 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
                     with _writing(run_dir / "metrics.csv"):
                         write_metrics(history, run_dir / "metrics.csv")
                 if show_progress:
-                    table = _epoch_table(first=epoch == start_epoch)
-                    table.add_row(f"{epoch}/{config.epochs}", f"{tr['loss']:.4f}", f"{tr['accuracy']:.3f}",
-                                  f"{va['loss']:.4f}", f"{va['accuracy']:.3f}", f"{lr:.2g}",
-                                  f"{row['seconds']:.1f}s", "[green]best[/]" if improved else "")
-                    console.print(table)
+                    _print_epoch_row(console, [
+                        f"{epoch}/{config.epochs}", f"{tr['loss']:.4f}", f"{tr['accuracy']:.3f}", f"{va['loss']:.4f}",
+                        f"{va['accuracy']:.3f}", f"{lr:.2g}", f"{row['seconds']:.1f}s",
+                        "[green]best[/]" if improved else ""], first=epoch == start_epoch)
                 if config.patience:
                     patience_left = config.patience if improved else patience_left - 1
                     if patience_left <= 0:
@@ -754,7 +848,8 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
         _stop_workers(train_loader, val_loader)
 
     if info.is_main:
-        _write_reports(run_dir, history, best_confusion, classes)
+        _write_reports(run_dir, history, best_confusion, classes,
+                       title=f"{config.model}: {run_dir} ({config.data})")
     seconds = time.perf_counter() - started
     summary = {
         "run_dir": str(run_dir),
@@ -771,6 +866,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
         "skipped_images": skipped,
         "best_checkpoint": str(run_dir / "best.pt"),
         "last_checkpoint": str(run_dir / "last.pt"),
+        "warnings": run_warnings,  # why this run cannot learn as configured (see model_warnings, data_warnings)
     }
     if show_progress:
         _print_summary(summary, console)
@@ -790,12 +886,12 @@ def _stop_workers(*loaders) -> None:
             loader._iterator = None
 
 
-def _write_reports(run_dir: Path, history: list[dict], confusion, classes) -> None:
+def _write_reports(run_dir: Path, history: list[dict], confusion, classes, *, title: str) -> None:
     from cvkit import reports
 
     if history:
         with _writing(run_dir / "curves.png"):
-            reports.plot_curves(history, run_dir / "curves.png")
+            reports.plot_curves(history, run_dir / "curves.png", title=title)
     if confusion is not None:
         with _writing(run_dir / "confusion_matrix.png"):
             reports.plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png",
@@ -812,12 +908,18 @@ def _writing(path):
 
 
 def _print_summary(summary: dict, console) -> None:
+    from rich.markup import escape
+
     acc = summary["best_val_accuracy"]
+    rate = summary["train_images_per_second"]  # None when no epoch trained in this call
     console.print(
         f"\n[bold green]done[/] in {summary['seconds']:.1f}s: best val accuracy "
-        f"[bold]{acc:.3f}[/] at epoch {summary['best_epoch']} "
-        f"({summary['train_images_per_second']} train images/s on {summary['device']} {summary['precision']})"
+        f"[bold]{acc:.3f}[/] at epoch {summary['best_epoch']} ("
+        + (f"{rate} train images/s on " if rate is not None else "")
+        + f"{summary['device']} {summary['precision']})"
         if acc is not None else f"\n[bold]done[/] in {summary['seconds']:.1f}s")
+    for message in summary.get("warnings") or []:  # said before training too, on stderr
+        console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
     if summary["skipped_images"]:
         console.print(f"[yellow]skipped {len(summary['skipped_images'])} unreadable images:[/]")
         for item in summary["skipped_images"]:
