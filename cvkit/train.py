@@ -848,8 +848,8 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
         _stop_workers(train_loader, val_loader)
 
     if info.is_main:
-        _write_reports(run_dir, history, best_confusion, classes,
-                       title=f"{config.model}: {run_dir} ({config.data})")
+        _write_reports(run_dir, history, best_confusion, classes, shows=f"{config.model} ({run_dir})",
+                       data=str(config.data), best_epoch=best["epoch"])
     seconds = time.perf_counter() - started
     summary = {
         "run_dir": str(run_dir),
@@ -886,16 +886,20 @@ def _stop_workers(*loaders) -> None:
             loader._iterator = None
 
 
-def _write_reports(run_dir: Path, history: list[dict], confusion, classes, *, title: str) -> None:
+def _write_reports(run_dir: Path, history: list[dict], confusion, classes, *, shows: str, data: str,
+                   best_epoch: int) -> None:
+    """curves.png and confusion_matrix.png; each title says which model and run (``shows``, as
+    ``cvkit eval`` words it) and which data the picture is of."""
     from cvkit import reports
 
     if history:
         with _writing(run_dir / "curves.png"):
-            reports.plot_curves(history, run_dir / "curves.png", title=title)
+            reports.plot_curves(history, run_dir / "curves.png", title=f"{shows}: training curves on {data}")
     if confusion is not None:
         with _writing(run_dir / "confusion_matrix.png"):
-            reports.plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png",
-                                          title="Validation confusion matrix (best model)")
+            reports.plot_confusion_matrix(
+                confusion, classes, run_dir / "confusion_matrix.png",
+                title=f"{shows}: validation confusion matrix of the best epoch ({best_epoch}) on {data}")
 
 
 @contextlib.contextmanager

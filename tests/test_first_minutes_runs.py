@@ -197,19 +197,24 @@ def test_train_without_val_is_the_same_error_in_check_and_train(cli, data, tmp_p
 # 4. curves.png names the model, the run and the data
 
 
-def test_curves_title_names_model_run_and_data(cli, data, tmp_path, monkeypatch):
+def test_report_titles_name_model_run_and_data(cli, data, tmp_path, monkeypatch):
     from cvkit import reports
 
-    titles = []
-    real = reports.plot_curves
+    titles = {}
 
-    def spy(history, path, **kwargs):
-        titles.append(kwargs.get("title"))
-        return real(history, path, **kwargs)
+    def spy(name):
+        real = getattr(reports, name)
 
-    monkeypatch.setattr(reports, "plot_curves", spy)
+        def draw(*args, **kwargs):
+            titles[name] = kwargs.get("title")
+            return real(*args, **kwargs)
+        monkeypatch.setattr(reports, name, draw)
+
+    spy("plot_curves")
+    spy("plot_confusion_matrix")
     run = tmp_path / "net-run"
     r = cli("train", str(data), *FAST, "--out", str(run), "--json")
     assert r.code == 0, r.err
-    assert titles == [f"net: {run} ({data})"]
-    assert (run / "curves.png").is_file()
+    assert titles["plot_curves"] == f"net ({run}): training curves on {data}"
+    assert titles["plot_confusion_matrix"] == f"net ({run}): validation confusion matrix of the best epoch (1) on {data}"
+    assert (run / "curves.png").is_file() and (run / "confusion_matrix.png").is_file()
