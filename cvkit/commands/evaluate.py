@@ -144,6 +144,7 @@ def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -
 
 
 def render_eval(report: dict) -> None:
+    from rich import box
     from rich.markup import escape as esc
     from rich.table import Table
 
@@ -152,21 +153,39 @@ def render_eval(report: dict) -> None:
     out.print(f"[bold]{esc(report['model'])}[/] from {esc(report['checkpoint'])} on {esc(report['data'])}: "
               f"{report['images']} images")
     out.print(f"accuracy [bold]{report['accuracy']:.3f}[/]{top5}, loss {report['loss']:.4f}")
-    table = Table(title="per class", title_justify="left")
+    table = Table(title="per class", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("class")
     for col in ("precision", "recall", "f1", "support"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for r in report["per_class"]:
         table.add_row(esc(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    out.print(table)
-    classes = report["classes"]
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
-    cm.add_column("true \\ pred", style="bold")
-    for c in classes:
-        cm.add_column(esc(c), justify="right")
-    for i, row in enumerate(report["confusion_matrix"]):
-        cm.add_row(esc(classes[i]), *[f"[green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "0")
-                                 for j, v in enumerate(row)])
-    out.print(cm)
+    ui.print_fitted(table, drop=("support", "f1"))
+    _render_confusion(report)
     for name, path in (report.get("files") or {}).items():
         out.print(f"{name.replace('_', ' ')}: {esc(path)}")
+
+
+def _render_confusion(report: dict) -> None:
+    """The matrix with class names as column headers; where that is too wide for the terminal, numbered
+    columns (1..N, the rows say which class each number is); where even that is too wide, one line."""
+    from rich import box
+    from rich.markup import escape as esc
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    out, classes = ui.out, report["classes"]
+    for numbered in (False, True):
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left",
+                   box=box.SIMPLE_HEAD, pad_edge=False)
+        cm.add_column("true \\ pred", style="bold")
+        for n, c in enumerate(classes, 1):
+            cm.add_column(str(n) if numbered else esc(c), justify="right", no_wrap=True)
+        for i, row in enumerate(report["confusion_matrix"]):
+            label = f"{i + 1} {esc(classes[i])}" if numbered else esc(classes[i])
+            cm.add_row(label, *[f"[green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "0")
+                                for j, v in enumerate(row)])
+        if Measurement.get(out, out.options.update_width(ui.UNBOUNDED), cm).maximum <= out.width:
+            out.print(cm)
+            return
+    out.print(f"(the confusion matrix of {len(classes)} classes does not fit in {out.width} columns: "
+              "see --json, or --out DIR for confusion_matrix.png)", style="dim", markup=False, highlight=False)

@@ -240,5 +240,5 @@ def _add_nodes(tree, node) -> None:
         if "parameter" in child:
             label += f" [cyan]{child['parameter']}[/] {'x'.join(map(str, child['shape']))}"
         if "truncated" in child:
-            label += f" [dim]… {child['truncated']} more below (--depth)[/]"
+            label += f" [dim](+{child['truncated']} more below: raise --depth)[/]"
         _add_nodes(tree.add(Text.from_markup(label, overflow="fold")), child)
