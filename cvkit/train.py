@@ -437,6 +437,13 @@ def _class_counts(dataset, num_classes: int) -> list[int] | None:
     return counts
 
 
+def _epochs_planned(epochs: int, start_epoch: int) -> str:
+    """``25 epochs``, or ``epochs 7-25 of 25`` for a resumed run: how long this will take, said up front."""
+    if start_epoch == 1:
+        return f"{epochs} epoch" + ("s" if epochs > 1 else "")
+    return f"epoch {epochs} of {epochs}" if start_epoch == epochs else f"epochs {start_epoch}-{epochs} of {epochs}"
+
+
 def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | None = None,
         show_progress: bool = True, console=None) -> dict:
     """Train ``config.model`` on ``config.data``; returns the run's summary (JSON-ready).
@@ -705,6 +712,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
         console.print(
             f"[bold]cvkit train[/] {config.model} on {config.data}: {len(splits.train)} train / "
             f"{len(splits.val)} val images, {len(classes)} classes, {device} {precision}, "
+            f"{_epochs_planned(config.epochs, start_epoch)}, lr {config.lr:g}, "
             + (f"batch {config.batch_size} ({batch} per process x {info.world} processes, {info.backend})"
                if info.enabled else f"batch {config.batch_size}") + f", workers {workers}"
             + (f", {frozen:,} frozen parameters" if frozen else "") + f" -> {run_dir}")
