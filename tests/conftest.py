@@ -8,6 +8,7 @@ entry-point discovery. ``cli`` runs ``cvkit.cli.main`` in-process and returns it
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -108,3 +109,36 @@ def run_cvkit(*args: str, env: dict | None = None, cwd=None, timeout: float = 30
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "cvkit", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def in_terminal(args: list[str], columns: int, cwd=None, timeout: float = 240) -> tuple[int, str]:
+    """Run ``python -m cvkit ARGS`` on a pseudo-terminal ``columns`` wide with COLUMNS unset, as a
+    person's terminal runs it; returns (exit code, the text it showed: colours removed, each redrawn
+    progress line on a line of its own)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "cvkit", *args], stdin=child, stdout=child, stderr=child,
+                            cwd=cwd, env={**env, "TERM": "xterm"}, close_fds=True)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main)
+    code = proc.wait(timeout=timeout)
+    raw = b"".join(chunks).decode(errors="replace").replace("\x1b[2K", "\n")  # erase line: a redraw
+    return code, ANSI.sub("", raw).replace("\r", "")

@@ -7,49 +7,22 @@ what a person's terminal tells it.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import pytest
 
-from conftest import words
+from conftest import in_terminal, words
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PYTHON_CVKIT = [sys.executable, "-m", "cvkit"]
 
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return {**env, **extra}
-
-
-def in_terminal(args: list[str], columns: int, cwd: Path, timeout: float = 240) -> tuple[int, str]:
-    """Run cvkit in a pseudo-terminal ``columns`` wide; returns (exit code, what the screen got)."""
-    main, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    proc = subprocess.Popen([*PYTHON_CVKIT, *args], stdin=child, stdout=child, stderr=child, cwd=cwd,
-                            env=_env(TERM="xterm"), close_fds=True)
-    os.close(child)
-    chunks = []
-    while True:
-        try:
-            data = os.read(main, 65536)
-        except OSError:  # the child closed its end
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(main)
-    code = proc.wait(timeout=timeout)
-    raw = b"".join(chunks).decode(errors="replace").replace("\x1b[2K", "\n")  # a redrawn progress line: its own line
-    return code, ANSI.sub("", raw).replace("\r", "")
 
 
 def piped(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:

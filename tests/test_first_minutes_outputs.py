@@ -10,23 +10,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import train_run, words
+from conftest import in_terminal, train_run, words
 from cvkit_plugins.demo import make_shapes
 
 FAST = ["--epochs", "1", "--workers", "0", "--batch-size", "8", "--lr", "0.01"]
@@ -162,30 +158,10 @@ def test_one_table_in_a_pipe_a_row_per_image(cli, run, twelve):
     assert tail[0].startswith("12 images, model net from ") and tail[1] == f"grid: {twelve.parent / 'g.png'}"
 
 
-def _in_terminal(args: list[str], columns: int) -> tuple[int, str]:
-    """Run ``args`` with stdout and stderr on a pseudo-terminal ``columns`` wide, COLUMNS unset."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.wait(timeout=120), b"".join(chunks).decode().replace("\r\n", "\n")
-
-
 def test_one_table_in_a_40_column_terminal_keeps_every_number_and_path(cli, run, twelve):
     preds = _json(cli("predict", str(twelve), "--checkpoint", str(run), "--device", "cpu", "--precision", "fp32",
                       "--json"))
-    code, out = _in_terminal([sys.executable, "-m", "cvkit", "predict", str(twelve), "--checkpoint", str(run),
+    code, out = in_terminal(["predict", str(twelve), "--checkpoint", str(run),
                               "--device", "cpu", "--precision", "fp32"], 40)
     assert code == 0, out
     plain = ANSI.sub("", out)
