@@ -240,7 +240,7 @@ def make_app(plugins=None) -> typer.Typer:
     @app.command("predict", rich_help_panel="Train and use")
     def predict_cmd(
         images: Annotated[list[str], typer.Argument(
-            metavar="IMAGES...", show_default=False, help="Image files, folders or globs.")],
+            metavar="IMAGE", show_default=False, help="Image files, folders or globs (one or more).")],
         checkpoint: CheckpointOpt = None,
         top_k: Annotated[int, typer.Option(min=1, metavar="K", help="Classes shown per image.")] = 3,
         batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per batch.")] = 32,

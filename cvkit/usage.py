@@ -48,10 +48,14 @@ def invoke(app: typer.Typer, argv: list[str]) -> int:
 
 
 def _plain_help_flags(command) -> None:
-    """``--help`` takes no value: show no type after it (typer would write ``<bool>``)."""
+    """``--help`` takes no value: show no type after it (typer would write ``<bool>``); an argument's
+    name (DATA, IMAGES...) says what it is: no ``<str>`` after it either."""
     option = command.get_help_option(typer.Context(command))
     if option is not None:
         option.metavar = ""
+    for param in getattr(command, "params", ()):
+        if param.param_type_name == "argument" and hasattr(param, "display_type_rich"):
+            param.display_type_rich = lambda ctx: None
     for sub in getattr(command, "commands", {}).values():
         _plain_help_flags(sub)
 

@@ -107,7 +107,7 @@ def test_train_help_at_80_columns_shows_defaults_in_the_chapters_words(tmp_path)
 @pytest.mark.parametrize("args, expected", [
     (["train", "data", "--epoch", "2"], "no such option --epoch (did you mean --epochs?)"),
     (["trian"], "no such command 'trian' (did you mean 'train'?)"),
-    (["predict"], "missing argument 'IMAGES...'"),
+    (["predict"], "missing argument 'IMAGE'"),
     (["eval", "--batch-size", "zero"], "'--batch-size'"),
     (["data", "demo", "x", "--size", "3"], "'--size'"),
     (["predict", "x.png", "--csv", "--json"], "choose one of --csv and --json"),
