@@ -269,6 +269,7 @@ def make_app(plugins=None) -> typer.Typer:
             ui.print_json([{"path": r["path"], "predictions": r["predictions"]} for r in report["results"]])
         elif csv:
             sys.stdout.write(predictions_csv(report))
+            sys.stdout.flush()  # the data first: a reader that went away stops cvkit before the summary
         else:
             render_predictions(report)
         if json or csv:  # stdout holds only the data

@@ -78,7 +78,7 @@ def test_python_m_cvkit_without_arguments_shows_help():
 def test_unknown_command_is_usage_error():
     proc = run_cvkit("no-such-command", timeout=120)
     assert proc.returncode == 2
-    assert "No such command" in proc.stderr
+    assert proc.stderr == "cvkit: error: cvkit: no such command 'no-such-command'; see 'cvkit --help'\n"
     assert "Traceback" not in proc.stderr
 
 
