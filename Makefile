@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench gpu-check gpu-check-dry clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ test-fast: install
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python benchmarks/run.py --out runs/bench-results.json $(BENCH_ARGS)
+
+# The GPU check (docs/performance.md, "GPU"): every CUDA path on a real GPU; gpu-check-dry rehearses it on the CPU.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out runs/gpu-check.json
+
+gpu-check-dry: install
+	$(BIN)/python benchmarks/gpu_check.py --dry-run --out runs/gpu-check-dry.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -49,10 +49,11 @@ class Dist:
     restart: int = 0  # torchrun's restart count (TORCHELASTIC_RESTART_COUNT)
     run_id: str | None = None  # torchrun's rendezvous id, the same in every restart of one job
     backend: str | None = None
+    group: bool = False  # in a process group though alone: torchrun started one process (--nproc 1)
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.group
 
     @property
     def is_main(self) -> bool:
@@ -97,8 +98,12 @@ def from_env(environ=None) -> Dist:
 
     world = number("WORLD_SIZE", 1)
     job = {"restart": number("TORCHELASTIC_RESTART_COUNT", 0), "run_id": env.get("TORCHELASTIC_RUN_ID") or None}
-    if world == 1:  # one process, whatever else the environment holds (a stray RANK, say)
-        return Dist(**job)
+    if world == 1:
+        # torchrun with one process (`--nproc 1`) is data-parallel training of one: the process group,
+        # DDP and the distributed sampler run as with more, which tests that path on one GPU.
+        # Without torchrun's variables it is one plain process, whatever else the environment holds.
+        launched = bool(env.get("TORCHELASTIC_RUN_ID") and env.get("MASTER_ADDR") and "WORLD_SIZE" in env)
+        return Dist(group=True, **job) if launched else Dist(**job)
     rank = number("RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"RANK={rank}, WORLD_SIZE={world}: not a valid process rank (set by torchrun)")

@@ -99,6 +99,10 @@ def test_environment_of_torchrun_is_read_and_checked():
     assert info.enabled and not info.is_main
     assert not distributed.from_env({}).enabled
     assert not distributed.from_env({"RANK": "3"}).enabled  # a stray RANK without WORLD_SIZE: one process
+    assert not distributed.from_env({"RANK": "0", "WORLD_SIZE": "1"}).enabled  # not torchrun's
+    alone = distributed.from_env({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                                  "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "abc"})
+    assert alone.enabled and alone.world == 1 and alone.is_main  # torchrun --nproc 1: a process group of one
     with pytest.raises(UsageError, match="RANK=2"):
         distributed.from_env({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(UsageError, match="WORLD_SIZE"):
