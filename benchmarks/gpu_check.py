@@ -199,9 +199,15 @@ class Check:
                       "--data-root", str(self.work / "bench-data")])
         results = json.loads(out.read_text())
         self.results["bench"] = results
-        rows = results.get("rows", results)
-        return "; ".join(f"{name} {row.get('ratio', '?')}x" for name, row in rows.items()
-                         if isinstance(row, dict)) or "see bench.json"
+        parts = []
+        for name, row in results.get("rows", {}).items():
+            if "error" in row:
+                raise Failed(f"benchmark row {name}: {row['error']}")
+            accuracy = (f" (val acc {row['cvkit_val_accuracy']:.3f} vs plain {row['best_plain_val_accuracy']:.3f})"
+                        if "cvkit_val_accuracy" in row else
+                        f" (agreement {row['agreement']:.3f})" if "agreement" in row else "")
+            parts.append(f"{name} {row.get('ratio')}x{accuracy}")
+        return "; ".join(parts) + " (cvkit / plain; --quick sizes, 1 run each)"
 
     def export_step(self):
         proc = subprocess.run([sys.executable, "-m", "cvkit", "export", "--help"], capture_output=True, text=True,
