@@ -1,0 +1,36 @@
+"""`cvkit eval`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cvkit import ui
+from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, CheckpointOpt, JsonOpt
+
+
+def eval_cmd(
+    data: Annotated[Optional[str], typer.Argument(
+        metavar="DATA", show_default="the run's own validation split",
+        help="Folder of class folders, or a tree with val/.")] = None,
+    checkpoint: CheckpointOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per batch.")] = 64,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(metavar="PRECISION", help=PRECISION_HELP)] = "auto",
+    workers: Annotated[str, typer.Option(metavar="N", help=WORKERS_HELP)] = "auto",
+    out: Annotated[Optional[str], typer.Option(
+        metavar="DIR", show_default="no pictures",
+        help="Also write confusion_matrix.png and misclassified.png into this folder.")] = None,
+    json: JsonOpt = False,
+):
+    """Evaluate a checkpoint: loss, top-1/top-5, per-class precision/recall/F1, confusion matrix."""
+    from cvkit.commands.evaluate import evaluate_checkpoint, render_eval
+
+    report = evaluate_checkpoint(data=data, checkpoint=checkpoint, batch_size=batch_size, device=device,
+                                 precision=precision, workers=workers, out=out, show_progress=not json)
+    ui.print_json(report) if json else render_eval(report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", rich_help_panel="Train and use")(eval_cmd)

@@ -1,0 +1,122 @@
+"""`cvkit train`. Its options are named here one by one, so the command reads as a list of them."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from cvkit import ui
+from cvkit.cli.options import D, DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, JsonOpt, OptOpt, _given
+from cvkit.cli.process import _LAUNCH_ARGV, _world_size
+
+DataArg = Annotated[Optional[str], typer.Argument(
+    metavar="DATA", show_default=False,
+    help="Image folder: DATA/train/<class>/* and DATA/val/<class>/*, or DATA/<class>/* with --val-split.")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", metavar="NAME",
+    help="Model to train: net (the chapter's LeNet), resnet18-finetune, resnet18-frozen, or a plugin's "
+         "(see `cvkit list models`).")]
+EpochsOpt = Annotated[int, typer.Option(
+    metavar="N", help="Passes over the training images (the chapter trains 25).")]
+BatchSizeOpt = Annotated[int, typer.Option(
+    metavar="N", help="Images per optimizer step (with --nproc: across all processes).")]
+LrOpt = Annotated[float, typer.Option(metavar="LR", help="Learning rate of the optimizer.")]
+OptimizerOpt = Annotated[str, typer.Option(
+    metavar="NAME", help="Optimizer: sgd is the chapter's SGD with momentum 0.9 "
+                         "(see `cvkit list optimizers`).")]
+LossOpt = Annotated[str, typer.Option(
+    metavar="NAME", help="Loss function (see `cvkit list losses`).")]
+SchedulerOpt = Annotated[str, typer.Option(
+    metavar="NAME", help="Learning-rate schedule: step is the chapter's StepLR, lr x0.1 every 7 epochs "
+                         "(see `cvkit list schedulers`).")]
+TransformsOpt = Annotated[Optional[str], typer.Option(
+    metavar="NAME", show_default="the model's",
+    help="Augmentation and preprocessing (see `cvkit list transforms`).")]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    metavar="WEIGHTS", show_default="the model's: imagenet for resnets",
+    help="Starting weights: imagenet (downloaded once), none (random), or a state dict or cvkit "
+         "checkpoint file.")]
+DatasetOpt = Annotated[str, typer.Option(
+    metavar="NAME", help="Format of DATA (see `cvkit list datasets`).")]
+ValSplitOpt = Annotated[Optional[float], typer.Option(
+    metavar="FRACTION", show_default="none: DATA has val/",
+    help="Hold out this fraction of each class for validation (for the DATA/<class>/* layout).")]
+DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)]
+PrecisionOpt = Annotated[str, typer.Option(metavar="PRECISION", help=PRECISION_HELP)]
+WorkersOpt = Annotated[str, typer.Option(metavar="N", help=WORKERS_HELP)]
+SeedOpt = Annotated[int, typer.Option(
+    metavar="N", help="Seed of the split, the new weights and the augmentation (same seed, same run).")]
+PatienceOpt = Annotated[Optional[int], typer.Option(
+    metavar="N", show_default="never stop early",
+    help="Stop after N epochs without a better validation accuracy.")]
+OnBadImageOpt = Annotated[str, typer.Option(
+    metavar="error|skip",
+    help="An unreadable image: error stops at it, naming it; skip checks every image first and leaves "
+         "out and lists the unreadable ones.")]
+OutOpt = Annotated[Optional[str], typer.Option(
+    metavar="DIR", show_default="runs/MODEL-DATE-TIME", help="Run directory to write.")]
+ResumeOpt = Annotated[Optional[str], typer.Option(
+    metavar="RUN", show_default=False,
+    help="Continue a run from its last.pt (a run directory or a checkpoint); raise --epochs to train "
+         "a finished run further.")]
+ConfigOpt = Annotated[Optional[str], typer.Option(
+    metavar="FILE", show_default=False,
+    help="YAML file of these options (options on the command line win).")]
+NprocOpt = Annotated[Optional[int], typer.Option(
+    min=1, metavar="N", show_default="1, no torchrun",
+    help="Train with N processes on this machine through torchrun (distributed data-parallel: one per "
+         "GPU, or gloo on the CPU); --batch-size is then the global batch.")]
+
+
+def train_cmd(
+    data: DataArg = None,
+    model: ModelOpt = D.model,
+    epochs: EpochsOpt = D.epochs,
+    batch_size: BatchSizeOpt = D.batch_size,
+    lr: LrOpt = D.lr,
+    optimizer: OptimizerOpt = D.optimizer,
+    loss: LossOpt = D.loss,
+    scheduler: SchedulerOpt = D.scheduler,
+    transforms: TransformsOpt = None,
+    weights: WeightsOpt = None,
+    dataset: DatasetOpt = D.dataset,
+    val_split: ValSplitOpt = None,
+    device: DeviceOpt = D.device,
+    precision: PrecisionOpt = D.precision,
+    workers: WorkersOpt = str(D.workers),
+    seed: SeedOpt = D.seed,
+    patience: PatienceOpt = None,
+    on_bad_image: OnBadImageOpt = D.on_bad_image,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    config: ConfigOpt = None,
+    nproc: NprocOpt = None,
+    opt: OptOpt = None,
+    json: JsonOpt = False,
+    ctx: typer.Context = None,
+):
+    """Train a model on a folder of images; writes a run directory with checkpoints, metrics and plots."""
+    from cvkit.commands.train import train_command
+    from cvkit.options import parse_opts
+
+    if nproc is not None:
+        from cvkit.distributed import launch, strip_nproc
+
+        raise typer.Exit(launch(nproc, strip_nproc(_LAUNCH_ARGV)))
+
+    values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                  loss=loss, scheduler=scheduler, transforms=transforms, weights=weights, dataset=dataset,
+                  val_split=val_split, device=device, precision=precision, workers=workers, seed=seed,
+                  patience=patience, on_bad_image=on_bad_image, out=out, options=parse_opts(opt) or None)
+    given = {k: v for k, v in values.items() if v is not None and _given(ctx, k)}  # a config file fills the rest
+    summary = train_command(cli_values=given,
+                            config_file=config, resume=resume, json=json)
+    if json and (_world_size() <= 1 or os.environ.get("RANK") in (None, "", "0")):
+        # distributed: rank 0 speaks for the job
+        ui.print_json(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", rich_help_panel="Train and use")(train_cmd)
