@@ -193,7 +193,7 @@ def make_checkpoint(*, model, spec, classes, transform_name, transform, config: 
     ``interrupted`` is None, except in a ``last.pt`` saved when training was stopped by a signal
     in the middle of an epoch: then the weights, optimizer and scaler are those after step
     ``interrupted["step"]`` of epoch ``interrupted["epoch"]`` (= ``epoch + 1``), and the record
-    holds what ``cvkit.train.run_phase`` needs to continue that epoch exactly (see ``fit``).
+    holds what ``cvkit.engine.phase.run_phase`` needs to continue that epoch exactly (see ``fit``).
     """
     import datetime
 

@@ -358,7 +358,7 @@ LOADER_TIMEOUT = 300.0
 def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device, seed: int = 0, sampler=None):
     """A seeded DataLoader. With worker processes, a worker that gives no batch for
     ``$CVKIT_LOADER_TIMEOUT`` seconds (default 300; 0 waits forever) is an error instead of a hang;
-    a worker that dies is reported by torch at once (``cvkit.train.loader_failure`` words both).
+    a worker that dies is reported by torch at once (``cvkit.engine.phase.loader_failure`` words both).
     Workers ignore Ctrl-C and die of SIGTERM (see ``cvkit.interrupts.reset_worker_signals``).
     ``sampler`` (distributed training: this process's shard) replaces ``shuffle``."""
     import torch

@@ -249,7 +249,7 @@ def per_process_batch(batch_size: int, info: Dist) -> int:
 
 
 def reduce_phase(result: dict, info: Dist, device) -> dict:
-    """The result of :func:`cvkit.train.run_phase` over this process's shard turned into that of
+    """The result of :func:`cvkit.engine.phase.run_phase` over this process's shard turned into that of
     the whole set: sums added across processes, predictions and targets gathered (in rank order),
     rate = all images / the slowest process's seconds."""
     if not info.enabled:

@@ -112,7 +112,7 @@ class GracefulStop:
     a job) also ends the DataLoader workers, and torch's SIGCHLD handler then raises in the main
     process, in the middle of whatever step it is in. After a stop request that error is held
     back (``workers_lost`` is set) so the step can finish and be saved, except while the loop
-    waits for a batch (``fetching``, set by ``cvkit.train.run_phase``): there it must be raised,
+    waits for a batch (``fetching``, set by ``cvkit.engine.phase.run_phase``): there it must be raised,
     or the wait would last until the DataLoader timeout, and no step is half done. ``cleanup``
     (shutting the workers down) runs on the way out while those errors are still held back: on a
     busy machine a worker may die of the signal only then.

@@ -94,6 +94,6 @@ def register_models(register):
     register("resnet18-finetune", build_finetune, **common,
              help="torchvision resnet18 with a new fc; every parameter trains")
     # unfrozen: the model to name when this one cannot learn (--weights none leaves the frozen
-    # backbone at random weights; see cvkit.train.model_warnings)
+    # backbone at random weights; see cvkit.engine.checks.model_warnings)
     register("resnet18-frozen", build_frozen, **common, unfrozen="resnet18-finetune",
              help="torchvision resnet18 with a new fc; only fc trains, the backbone stays frozen in eval mode")

@@ -153,7 +153,7 @@ def test_resume_with_fewer_epochs_than_done_is_the_same_error(cli, finished):
 def test_summary_without_a_trained_epoch_prints_no_none():
     from rich.console import Console
 
-    from cvkit.train import _print_summary
+    from cvkit.engine.display import print_summary as _print_summary
 
     console = Console(file=io.StringIO(), width=200)
     _print_summary({"best_val_accuracy": 0.5, "best_epoch": 3, "seconds": 0.1, "train_images_per_second": None,

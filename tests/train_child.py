@@ -45,6 +45,7 @@ def install_hooks() -> None:
     import torch
 
     import cvkit.checkpoint
+    import cvkit.engine.phase
     import cvkit.train
 
     where, _, nth = os.environ.get("CHILD_PAUSE", "").partition(":")
@@ -92,7 +93,8 @@ def install_hooks() -> None:
                 signal.raise_signal(getattr(signal, name))
             return real_run_phase(*args, **kwargs)
 
-        cvkit.train.run_phase = run_phase
+        cvkit.train.run_phase = run_phase  # training's passes
+        cvkit.engine.phase.run_phase = run_phase  # cvkit eval's
 
 
 def _wait_for_a_signal(seconds: float = 60) -> None:

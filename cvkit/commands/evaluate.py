@@ -80,7 +80,7 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     from cvkit.data import make_loader, parse_workers, resolve_workers
     from cvkit.device import resolve_device, resolve_precision
     from cvkit.plugins import get_plugins
-    from cvkit.train import confusion_matrix, run_phase
+    from cvkit.engine.phase import confusion_matrix, run_phase
 
     plugins = plugins or get_plugins()
     dev = resolve_device(device)

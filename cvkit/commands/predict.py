@@ -82,7 +82,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     from cvkit.build import decode_min_side
     from cvkit.checkpoint import restore_model
     from cvkit.device import resolve_device, resolve_precision
-    from cvkit.train import autocast
+    from cvkit.engine.phase import autocast
 
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")
