@@ -39,17 +39,17 @@ def start_weights(tmp_path_factory):
 @pytest.fixture
 def built(monkeypatch):
     """The state dict of each model ``cvkit train`` builds, as built (before any training step)."""
-    import cvkit.train
+    import cvkit.engine.setup
 
     states = []
-    real = cvkit.train.build_model
+    real = cvkit.engine.setup.build_model
 
     def build_model(*args, **kwargs):
         model = real(*args, **kwargs)
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return model
 
-    monkeypatch.setattr(cvkit.train, "build_model", build_model)
+    monkeypatch.setattr(cvkit.engine.setup, "build_model", build_model)
     return states
 
 

@@ -285,9 +285,9 @@ def test_a_worker_that_dies_late_does_not_turn_a_stop_into_a_data_error(cli, sha
     (torch raises from its SIGCHLD handler) must not replace the stop: exit 143, one line. This was
     the intermittent failure of the process-group SIGTERM test below, made certain: the workers are
     killed just before the shutdown."""
-    import cvkit.train
+    import cvkit.engine.loop
 
-    real_stop_workers = cvkit.train._stop_workers
+    real_stop_workers = cvkit.engine.loop.stop_workers
     killed = []
 
     def stop_workers_after_a_late_death(*loaders):
@@ -302,7 +302,7 @@ def test_a_worker_that_dies_late_does_not_turn_a_stop_into_a_data_error(cli, sha
         return real_stop_workers(*loaders)
 
     with monkeypatch.context() as m:
-        m.setattr(cvkit.train, "_stop_workers", stop_workers_after_a_late_death)
+        m.setattr(cvkit.engine.loop, "stop_workers", stop_workers_after_a_late_death)
         _signal_at_loss_call(m, {2: [signal.SIGTERM]})
         r = cli("train", str(shapes), *FAST, "--workers", "2", "--epochs", "1", "--out", str(tmp_path / "run"))
     assert killed, "no DataLoader worker was running"
@@ -539,12 +539,12 @@ def test_a_failed_save_names_the_file_and_keeps_the_previous_checkpoint(cli, sha
 
 
 def test_a_read_only_run_folder_is_one_line_naming_the_file(cli, shapes, tmp_path, monkeypatch):
-    import cvkit.train
+    import cvkit.engine.setup
 
     def read_only(config, path):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(cvkit.train, "write_config", read_only)
+    monkeypatch.setattr(cvkit.engine.setup, "write_config", read_only)
     r = cli("train", str(shapes), *FAST, "--epochs", "1", "--out", str(tmp_path / "run"))
     assert r.code == 4
     assert _one_line(r.err) == f"cvkit: error: {tmp_path / 'run' / 'config.yaml'}: cannot write (Read-only file system)"

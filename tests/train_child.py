@@ -45,12 +45,13 @@ def install_hooks() -> None:
     import torch
 
     import cvkit.checkpoint
+    import cvkit.engine.callbacks
+    import cvkit.engine.loop
     import cvkit.engine.phase
-    import cvkit.train
 
     where, _, nth = os.environ.get("CHILD_PAUSE", "").partition(":")
     count = {"saves": 0}
-    real_save, real_replace = cvkit.train.save_checkpoint, os.replace
+    real_save, real_replace = cvkit.engine.callbacks.save_checkpoint, os.replace
     real_torch_save = torch.save
 
     def save_checkpoint(payload, path):
@@ -77,23 +78,23 @@ def install_hooks() -> None:
             _pause()
         return real_replace(src, dst, *args, **kwargs)
 
-    cvkit.train.save_checkpoint = save_checkpoint
+    cvkit.engine.callbacks.save_checkpoint = save_checkpoint
     torch.save = torch_save
     cvkit.checkpoint.os.replace = replace  # the os module itself: only .pt targets pause
 
-    _hook_val_wait(cvkit.train)
+    _hook_val_wait(cvkit.engine.loop)
     _hook_launcher()
 
     name = os.environ.get("CHILD_SIGNAL_IN_EVAL")
     if name:
-        real_run_phase = cvkit.train.run_phase
+        real_run_phase = cvkit.engine.phase.run_phase
 
         def run_phase(*args, **kwargs):
             if kwargs.get("optimizer") is None:
                 signal.raise_signal(getattr(signal, name))
             return real_run_phase(*args, **kwargs)
 
-        cvkit.train.run_phase = run_phase  # training's passes
+        cvkit.engine.loop.run_phase = run_phase  # training's passes
         cvkit.engine.phase.run_phase = run_phase  # cvkit eval's
 
 
