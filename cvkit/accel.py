@@ -263,7 +263,7 @@ def extract_features(model, head: str, loader, *, device, precision: str):
     eval mode without autograd; returns ``(features, labels)`` on the CPU in loader order."""
     import torch
 
-    from cvkit.engine.phase import autocast
+    from cvkit.device import autocast
 
     was_training = model.training
     model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -101,3 +102,13 @@ def _mps_available() -> bool:
 
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
+
+
+def autocast(device, precision: str):
+    """Mixed precision for the forward pass and the loss; nothing for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

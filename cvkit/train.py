@@ -19,7 +19,6 @@ from cvkit.engine import setup
 from cvkit.engine.callbacks import Callbacks, engine_callbacks
 from cvkit.engine.display import epochs_planned, print_summary
 from cvkit.engine.loop import train_epochs
-from cvkit.engine.phase import autocast, confusion_matrix, loader_failure, run_phase  # noqa: F401 (cvkit.train's API)
 from cvkit.engine.plan import choose_phase_model, make_loaders
 from cvkit.engine.run import Run
 from cvkit.engine.rundir import JOB_MARKER, RUNS_DIR, write_reports

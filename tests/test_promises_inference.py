@@ -1,7 +1,7 @@
 """Issue 10, inference promises that had no test.
 
 1. What every resnet ``eval`` and ``predict`` runs -- BatchNorm folded into the convolutions,
-   channels_last, bf16 autocast (``cvkit.checkpoint.restore_model`` + ``cvkit.engine.phase.autocast``) --
+   channels_last, bf16 autocast (``cvkit.inference.restore_model`` + ``cvkit.device.autocast``) --
    gives the outputs of the plain fp32 eval-mode model, on a model whose BatchNorm statistics are
    not trivial; and ``cvkit predict``'s default precision picks the fp32 classes for >= 99% of
    images.
@@ -66,10 +66,10 @@ def _batch(paths, transform) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_folded_channels_last_bf16_inference_matches_the_plain_fp32_model(resnet_run):
-    from cvkit.checkpoint import restore_model
+    from cvkit.inference import restore_model
     from cvkit.commands.evaluate import evaluate_checkpoint
     from cvkit.commands.predict import predict_images
-    from cvkit.engine.phase import autocast
+    from cvkit.device import autocast
 
     data, run = resnet_run
     model, ckpt, spec, transform, path = restore_model(str(run / "best.pt"), device=CPU)

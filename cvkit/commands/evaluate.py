@@ -76,7 +76,7 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
                         device: str = "auto", precision: str = "auto", workers: str | int = "auto",
                         out: str | None = None, show_progress: bool = True, plugins=None) -> dict:
     from cvkit.build import build_loss
-    from cvkit.checkpoint import restore_model
+    from cvkit.inference import restore_model
     from cvkit.data import make_loader, parse_workers, resolve_workers
     from cvkit.device import resolve_device, resolve_precision
     from cvkit.plugins import get_plugins

@@ -80,9 +80,9 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     import torch
 
     from cvkit.build import decode_min_side
-    from cvkit.checkpoint import restore_model
+    from cvkit.inference import restore_model
     from cvkit.device import resolve_device, resolve_precision
-    from cvkit.engine.phase import autocast
+    from cvkit.device import autocast
 
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")

@@ -12,18 +12,9 @@ import math
 import time
 
 from cvkit.data import LOADER_TIMEOUT_ENV
+from cvkit.device import autocast  # noqa: F401 (also cvkit.engine.phase's)
 from cvkit.engine.rng import set_rng_state
 from cvkit.errors import DataError, NumericalError
-
-
-def autocast(device, precision: str):
-    """Mixed precision for the forward pass and the loss; nothing for fp32."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class _Tally:
