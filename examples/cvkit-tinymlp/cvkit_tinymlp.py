@@ -6,6 +6,7 @@ It registers, through cvkit's ``cvkit`` entry-point group:
 * the transform ``tiny-aug``: small random rotations and shifts for training, none for evaluation;
 * the loss ``smooth-ce``: cross-entropy with label smoothing, written out by hand;
 * the optimizer ``tiny-adamw``: AdamW with a stronger default weight decay;
+* the training callback ``tinymlp-log``: one line per epoch, ``EPOCH VAL_ACCURACY``, appended to a file;
 * the command ``cvkit tinymlp-info``: the model's layers and parameter count.
 
 This module imports no torch: cvkit imports every plugin on each run, even for ``cvkit --help``,
@@ -13,6 +14,7 @@ so torch (seconds to import) is imported inside the factories, which run only wh
 """
 
 import functools
+from pathlib import Path
 
 import cvkit
 from cvkit.errors import UsageError
@@ -150,6 +152,41 @@ def build_tiny_adamw(params, *, lr: float, weight_decay: float = 0.05, betas=(0.
 @cvkit.hookimpl
 def register_optimizers(register):
     register("tiny-adamw", build_tiny_adamw, help="optim.AdamW, weight decay 0.05 (options weight_decay, betas)")
+
+
+# ---------------------------------------------------------------------------------------------
+# callback: tinymlp-log
+
+
+class EpochLog:
+    """Appends ``EPOCH VAL_ACCURACY`` to a text file after every epoch (in rank 0 only).
+
+    The file is ``path``, or ``RUN_DIR/tinymlp-log.txt``; a resumed run appends to it.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def on_epoch_end(self, run, metrics: dict) -> None:
+        """Append the epoch's line; other processes of a distributed run write nothing."""
+        if not run.info.is_main:
+            return
+        path = Path(self.path) if self.path else Path(run.run_dir) / "tinymlp-log.txt"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{metrics['epoch']} {metrics['val_accuracy']:.4f}\n")
+
+
+def build_tinymlp_log(path: str | None = None):
+    """The callback factory: ``build(**options)`` returns an object with ``on_*`` methods."""
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise UsageError(f"--opt callback.tinymlp-log.path={path!r}: needs a file path")
+    return EpochLog(path)
+
+
+@cvkit.hookimpl
+def register_callbacks(register):
+    register("tinymlp-log", build_tinymlp_log,
+             help="append 'EPOCH VAL_ACCURACY' to a file after each epoch (option path, default RUN_DIR/tinymlp-log.txt)")
 
 
 # ---------------------------------------------------------------------------------------------
