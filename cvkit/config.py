@@ -34,6 +34,7 @@ class TrainConfig:
     workers: int | str = "auto"
     seed: int = 0
     patience: int | None = None
+    callbacks: list = field(default_factory=list)  # names of registered callbacks (cvkit list callbacks)
     on_bad_image: str = "error"  # or "skip": drop unreadable images up front and list them
     out: str | None = None
     options: dict = field(default_factory=dict)  # {"optimizer": {"momentum": 0.5}, ...}
@@ -48,7 +49,8 @@ _TYPES = {
     "data": (str,), "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int),
     "optimizer": (str,), "loss": (str,), "scheduler": (str,), "transforms": (str,), "weights": (str,),
     "dataset": (str,), "val_split": (float, int), "device": (str,), "precision": (str,),
-    "workers": (int, str), "seed": (int,), "patience": (int,), "on_bad_image": (str,), "out": (str,),
+    "workers": (int, str), "seed": (int,), "patience": (int,), "callbacks": (list,), "on_bad_image": (str,),
+    "out": (str,),
     "options": (dict,),
 }
 
@@ -77,6 +79,8 @@ def _check_value(key: str, value: Any, where: str | None) -> Any:
         raise UsageError(f"{where}{label} must be between 0 and 1, got {value}")
     if key == "patience" and value < 1:
         raise UsageError(f"{where}{label} must be at least 1, got {value}")
+    if key == "callbacks" and not all(isinstance(v, str) and v.strip() for v in value):
+        raise UsageError(f"{where}{label} must be a list of callback names, got {value!r}")
     if key == "options":
         for kind, opts in value.items():
             if not isinstance(opts, dict):

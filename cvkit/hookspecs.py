@@ -79,5 +79,19 @@ def register_datasets(register):
 
 
 @hookspec
+def register_callbacks(register):
+    """Register training callbacks: ``register(name, build, *, help="")``.
+
+    ``build(**options)`` returns an object; ``cvkit train --callback NAME`` calls whichever of these
+    methods it has: ``on_train_start(run)``, ``on_epoch_end(run, metrics)`` (the epoch's row of
+    metrics.csv), ``on_train_end(run, summary)`` (what ``--json`` prints) and ``on_step_end(run,
+    step)`` (after each optimizer step; only a callback that defines it costs anything per step).
+    ``run`` has ``run_dir``, ``model``, ``optimizer``, ``classes``, ``config``, ``epoch``,
+    ``history`` and ``should_stop``: setting it to True ends training after the current epoch.
+    See docs/plugins.md.
+    """
+
+
+@hookspec
 def register_commands(app):
     """Add commands to the cvkit command line; ``app`` is the cvkit ``typer.Typer``."""

@@ -22,6 +22,7 @@ KINDS = {
     "optimizer": "optimizers",
     "scheduler": "schedulers",
     "dataset": "datasets",
+    "callback": "callbacks",
 }
 
 

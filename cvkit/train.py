@@ -16,7 +16,7 @@ from cvkit import ui
 from cvkit.config import TrainConfig
 from cvkit.device import resolve_device
 from cvkit.engine import setup
-from cvkit.engine.callbacks import Callbacks, engine_callbacks
+from cvkit.engine.callbacks import Callbacks, build_callbacks, engine_callbacks
 from cvkit.engine.display import epochs_planned, print_summary
 from cvkit.engine.loop import train_epochs
 from cvkit.engine.plan import choose_phase_model, make_loaders
@@ -93,6 +93,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     run = Run(config=config, plugins=plugins, info=info, device=device, console=console,
               show_progress=show_progress, started=started)
     checkpoint, run_dir = setup.open_resume(config, resume, info, asked=asked)
+    chosen = build_callbacks(config, plugins)  # a callback that cannot be built stops here, before the data
     setup.load_data(run, checkpoint, resume)
     plan = make_loaders(run)
     setup.build_training(run, checkpoint)
@@ -107,11 +108,14 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
         run.console = ui.err if console is ui.out else console
     if show_progress:
         _say_what_runs(run, plan)
-    train_epochs(run, plan, Callbacks(engine_callbacks(run, plan)))
+    callbacks = Callbacks(engine_callbacks(run, plan) + chosen)
+    callbacks.call("on_train_start", run)
+    train_epochs(run, plan, callbacks)
     if info.is_main:
         write_reports(run.run_dir, run.history, run.best_confusion, run.classes,
                       shows=f"{config.model} ({run.run_dir})", data=str(config.data), best_epoch=run.best["epoch"])
     summary = _summary(run)
+    callbacks.call("on_train_end", run, summary)
     if show_progress:
         print_summary(summary, run.console)
     return summary
@@ -153,4 +157,5 @@ def _summary(run) -> dict:
         "best_checkpoint": str(run.run_dir / "best.pt"),
         "last_checkpoint": str(run.run_dir / "last.pt"),
         "warnings": run.warnings,  # why this run cannot learn as configured (see cvkit.engine.checks)
+        "stopped_by": run.stopped_by,  # the callback that ended training early (early-stopping: --patience)
     }

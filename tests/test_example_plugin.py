@@ -8,11 +8,13 @@ on PYTHONPATH, so cvkit finds the plugin through the installed ``*.dist-info`` e
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,13 +60,15 @@ def test_installed_plugin_is_loaded_and_lists_its_registrations(site):
         "cvkit-tinymlp", "0.1.0", "cvkit_tinymlp", False)
     assert tiny["registered"] == {"models": ["tiny-mlp"], "transforms": ["tiny-aug"],
                                   "losses": ["smooth-ce"], "optimizers": ["tiny-adamw"],
-                                  "commands": ["tinymlp-info"]}
+                                  "callbacks": ["tinymlp-log"], "commands": ["tinymlp-info"]}
 
     listing = _json(run_cvkit("list", "models", "--json", env=site))
     model = next(m for m in listing["models"] if m["name"] == "tiny-mlp")
     assert model["plugin"] == "tinymlp"
     assert model["input_size"] == [1, 28, 28]
     assert (model["mean"], model["std"], model["default_transforms"]) == ([0.5], [0.5], "plain")
+    callbacks = _json(run_cvkit("list", "callbacks", "--json", env=site))["callbacks"]
+    assert [(c["name"], c["plugin"]) for c in callbacks if c["name"] == "tinymlp-log"] == [("tinymlp-log", "tinymlp")]
 
 
 def test_inspect_grad_steps_the_plugin_model_with_its_loss_and_optimizer(site):
@@ -154,3 +158,35 @@ def test_transform_and_loss_options(tinymlp_in_process):
     logits, targets = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
     plain = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.2)
     assert float(build_loss("smooth-ce", options={"smoothing": 0.2})(logits, targets)) == pytest.approx(float(plain))
+
+
+def test_training_with_the_plugin_callback_logs_each_epoch(site, tmp_path):
+    from cvkit_plugins.demo import make_shapes
+
+    make_shapes(tmp_path / "shapes", train_per_class=4, val_per_class=2, size=28, seed=3)
+    run = tmp_path / "run"
+    summary = _json(run_cvkit("train", str(tmp_path / "shapes"), "--model", "tiny-mlp", "--epochs", "2",
+                              "--workers", "0", "--batch-size", "8", "--out", str(run), "--json",
+                              "--callback", "tinymlp-log", env=site))
+    assert summary["epochs_run"] == 2
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = [line.split() for line in (run / "tinymlp-log.txt").read_text().splitlines()]
+    assert [int(epoch) for epoch, _ in lines] == [1, 2]
+    assert [float(acc) for _, acc in lines] == pytest.approx([float(r["val_accuracy"]) for r in rows], abs=5e-5)
+
+
+def test_plugin_callback_path_option_rank_0_only_and_bad_path(tinymlp_in_process, tmp_path):
+    from cvkit.errors import UsageError
+    from cvkit.plugins import get_plugins
+
+    entry = get_plugins()["callbacks"].get("tinymlp-log")
+    metrics = {"epoch": 3, "val_accuracy": 0.8125}
+    run = SimpleNamespace(run_dir=tmp_path, info=SimpleNamespace(is_main=True))
+    entry.create(options={"path": str(tmp_path / "acc.txt")}).on_epoch_end(run, metrics)
+    assert (tmp_path / "acc.txt").read_text() == "3 0.8125\n" and not (tmp_path / "tinymlp-log.txt").exists()
+    other_rank = SimpleNamespace(run_dir=tmp_path, info=SimpleNamespace(is_main=False))
+    entry.create().on_epoch_end(other_rank, metrics)
+    assert not (tmp_path / "tinymlp-log.txt").exists()
+    with pytest.raises(UsageError, match=r"--opt callback\.tinymlp-log\.path=3"):
+        entry.create(options={"path": 3})

@@ -28,7 +28,7 @@ def test_hook_list_matches_pluggy():
     from cvkit.plugins import Plugins
 
     pm_hooks = sorted(n for n in dir(Plugins().pm.hook) if n.startswith("register_"))
-    assert HOOKS == pm_hooks and len(HOOKS) == 7
+    assert HOOKS == pm_hooks and len(HOOKS) == 8
 
 
 def test_every_hook_is_documented():

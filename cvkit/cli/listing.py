@@ -10,7 +10,7 @@ from cvkit import ui
 from cvkit.cli.options import JsonOpt
 from cvkit.plugins import get_plugins
 
-REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets"]
+REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets", "callbacks"]  # as cvkit.registry.KINDS (no import: --help stays light)
 
 
 def plugins_cmd(json: JsonOpt = False):

@@ -51,6 +51,10 @@ SeedOpt = Annotated[int, typer.Option(
 PatienceOpt = Annotated[Optional[int], typer.Option(
     metavar="N", show_default="never stop early",
     help="Stop after N epochs without a better validation accuracy.")]
+CallbackOpt = Annotated[Optional[list[str]], typer.Option(
+    "--callback", metavar="NAME", show_default="none",
+    help="Also run this training callback, e.g. tensorboard (repeatable; see `cvkit list callbacks`); its "
+         "options: --opt callback.NAME.KEY=VALUE.")]
 OnBadImageOpt = Annotated[str, typer.Option(
     metavar="error|skip",
     help="An unreadable image: error stops at it, naming it; skip checks every image first and leaves "
@@ -88,6 +92,7 @@ def train_cmd(
     workers: WorkersOpt = str(D.workers),
     seed: SeedOpt = D.seed,
     patience: PatienceOpt = None,
+    callback: CallbackOpt = None,
     on_bad_image: OnBadImageOpt = D.on_bad_image,
     out: OutOpt = None,
     resume: ResumeOpt = None,
@@ -109,7 +114,8 @@ def train_cmd(
     values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                   loss=loss, scheduler=scheduler, transforms=transforms, weights=weights, dataset=dataset,
                   val_split=val_split, device=device, precision=precision, workers=workers, seed=seed,
-                  patience=patience, on_bad_image=on_bad_image, out=out, options=parse_opts(opt) or None)
+                  patience=patience, callbacks=callback, on_bad_image=on_bad_image, out=out,
+                  options=parse_opts(opt) or None)
     given = {k: v for k, v in values.items() if v is not None and _given(ctx, k)}  # a config file fills the rest
     summary = train_command(cli_values=given,
                             config_file=config, resume=resume, json=json)

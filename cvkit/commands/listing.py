@@ -72,6 +72,7 @@ def render_plugins(report: dict) -> None:
 
 
 def render_entries(report: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from cvkit import ui
@@ -89,7 +90,7 @@ def render_entries(report: dict) -> None:
             if name == "models":
                 cells += ["x".join(map(str, r["input_size"])) if "input_size" in r else "-",
                           r.get("default_transforms") or "-"]
-            cells.append(f"[red]{r['help']}[/]" if r.get("conflict") else r["help"])
+            cells.append(f"[red]{escape(r['help'])}[/]" if r.get("conflict") else escape(r["help"]))
             table.add_row(*cells)
         if not rows:
             table.add_row(*(["(none)"] + [""] * (len(table.columns) - 1)))

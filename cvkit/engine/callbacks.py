@@ -3,8 +3,8 @@
 A callback is any object; the loop calls whichever of these methods it has, in the order the
 callbacks were given: ``on_train_start(run)``, ``on_epoch_end(run, metrics)`` (``metrics``: the
 epoch's row of metrics.csv), ``on_train_end(run, summary)``. The engine's own reactions to an epoch
-are callbacks of that kind, first in the list: the checkpoints, metrics.csv, the epoch table and
-``--patience``.
+are callbacks of that kind, first in the list: the checkpoints, metrics.csv and the epoch table;
+then come the plugins' callbacks the user named (``--callback``; ``--patience`` is early-stopping's).
 """
 
 from __future__ import annotations
@@ -14,20 +14,82 @@ from cvkit.engine.display import print_epoch_row
 from cvkit.engine.phase import first_nonfinite
 from cvkit.engine.rng import rng_state
 from cvkit.engine.rundir import write_metrics, writing
-from cvkit.errors import NumericalError
+from cvkit.errors import CvkitError, NumericalError, PluginError, UsageError
 
 
 class Callbacks:
-    """Calls the callbacks' methods in order, skipping the methods a callback does not have."""
+    """Calls the callbacks' methods in order, skipping the methods a callback does not have.
+
+    ``callbacks``: the engine's own objects, and ``Registered`` ones (a plugin's): an exception in a
+    plugin's callback stops training as that plugin's error (exit 5), with what last.pt holds."""
 
     def __init__(self, callbacks: list):
         self.callbacks = list(callbacks)
 
     def call(self, method: str, run, *args) -> None:
         for callback in self.callbacks:
-            function = getattr(callback, method, None)
-            if function is not None:
+            target = callback.obj if isinstance(callback, Registered) else callback
+            function = getattr(target, method, None)
+            if function is None:
+                continue
+            if not isinstance(callback, Registered):
                 function(run, *args)
+                continue
+            try:
+                function(run, *args)
+            except Exception as exc:
+                raise callback.failed(method, exc, run) from exc
+            if run.should_stop and run.stopped_by is None:
+                run.stopped_by = callback.name
+
+    def step_hook(self, run):
+        """``on_step(step)`` for the loop when a callback has ``on_step_end``, else None (no cost)."""
+        if not any(hasattr(getattr(c, "obj", c), "on_step_end") for c in self.callbacks):
+            return None
+        return lambda step: self.call("on_step_end", run, step)
+
+
+class Registered:
+    """A plugin's callback as the user named it."""
+
+    def __init__(self, name: str, plugin: str, obj):
+        self.name, self.plugin, self.obj = name, plugin, obj
+
+    def failed(self, method: str, exc: Exception, run) -> PluginError:
+        kept = (f"{run.last_file} holds {run.holds}; {run.resume_hint()}" if run.holds and run.run_dir
+                else "nothing was saved yet")
+        what = str(exc) if isinstance(exc, CvkitError) else f"{type(exc).__name__}: {exc}"
+        return PluginError(f"callback {self.name!r} of plugin {self.plugin!r} failed in {method}: {what}; "
+                           f"training stopped; {kept}")
+
+
+def build_callbacks(config, plugins) -> list[Registered]:
+    """The callbacks ``--callback`` (and ``--patience``, for early-stopping) name, built with their
+    ``--opt callback.NAME.KEY=VALUE`` options."""
+    names = list(dict.fromkeys(config.callbacks or []))
+    given = (config.options or {}).get("callback") or {}
+    options: dict[str, dict] = {}
+    for key, value in given.items():
+        name, dot, option = key.rpartition(".")
+        if not dot or name not in names and not (name == "early-stopping" and config.patience):
+            raise UsageError(f"--opt callback.{key}: expected callback.NAME.KEY=VALUE for a callback given "
+                             f"with --callback (given: {', '.join(names) or 'none'})")
+        options.setdefault(name, {})[option] = value
+    if config.patience and "early-stopping" not in names:
+        names.append("early-stopping")
+    if config.patience:
+        options.setdefault("early-stopping", {}).setdefault("patience", config.patience)
+    built = []
+    for name in names:
+        entry = plugins["callbacks"].get(name, option="--callback")
+        try:
+            built.append(Registered(name, entry.plugin, entry.create(options=options.get(name))))
+        except UsageError as exc:  # an option the factory does not take: name the callback in --opt's form
+            message = str(exc)
+            if message.startswith("--opt callback.") and not message.startswith(f"--opt callback.{name}."):
+                message = message.replace("--opt callback.", f"--opt callback.{name}.", 1)
+            raise UsageError(message) from None
+    return built
 
 
 def checkpoint_payload(run, *, epoch: int, rng: dict, metrics: dict, interrupted: dict | None = None):
@@ -87,28 +149,9 @@ class EpochTable:
             "[green]best[/]" if run.improved else ""], first=run.epoch == run.start_epoch)
 
 
-class Patience:
-    """``--patience N``: stop after N epochs without a better validation accuracy."""
-
-    name = "early-stopping"
-
-    def __init__(self, patience: int):
-        self.patience = self.left = patience
-
-    def on_epoch_end(self, run, metrics: dict) -> None:
-        self.left = self.patience if run.improved else self.left - 1
-        if self.left <= 0:
-            if run.show_progress:
-                run.console.print(f"early stop: no better val accuracy for {self.patience} epochs")
-            run.should_stop = True
-            run.stopped_by = self.name
-
-
 def engine_callbacks(run, plan) -> list:
     """The engine's own callbacks, in the order they run after each epoch."""
     callbacks = [SaveCheckpoints(plan.train_loader), MetricsFile()]
     if run.show_progress:
         callbacks.append(EpochTable())
-    if run.config.patience:
-        callbacks.append(Patience(run.config.patience))
     return callbacks

@@ -20,15 +20,16 @@ def train_epochs(run, plan, callbacks) -> None:
     from cvkit import distributed
 
     progress = ui.make_progress(enabled=run.show_progress, console=run.console)
+    on_step = callbacks.step_hook(run)
     run.epoch = run.start_epoch
     holds = lambda: f"{run.last_file} holds {run.holds}" if run.holds else ""  # noqa: E731
     try:
         with progress, GracefulStop(cleanup=lambda: stop_workers(plan.train_loader, plan.val_loader)) as stop:
             for epoch in range(run.start_epoch, run.config.epochs + 1):
                 run.epoch = epoch
-                row = one_epoch(run, plan, stop, progress)
+                row = one_epoch(run, plan, stop, progress, on_step)
                 callbacks.call("on_epoch_end", run, row)
-                if run.should_stop:
+                if run.info.any(run.should_stop, run.device):  # a callback's stop ends every process's loop
                     break
                 _stop_if_asked_late(run, stop)
     except Interrupted as exc:  # a second signal: no more saving
@@ -49,7 +50,7 @@ def train_epochs(run, plan, callbacks) -> None:
         stop_workers(plan.train_loader, plan.val_loader)
 
 
-def one_epoch(run, plan, stop, progress) -> dict:
+def one_epoch(run, plan, stop, progress, on_step=None) -> dict:
     """Train and validate one epoch; returns its row of metrics.csv (already in ``run.history``)."""
     from cvkit import distributed
 
@@ -62,7 +63,7 @@ def one_epoch(run, plan, stop, progress) -> dict:
         seed_everything(config.seed * 1_000_003 + epoch * 1_009 + info.rank)
     phase = dict(device=device, precision=run.precision, progress=progress, epoch=epoch, stop=stop)
     tr = run_phase(plan.phase_model, plan.train_loader, run.loss_fn, optimizer=run.optimizer, scaler=run.scaler,
-                   description=f"epoch {epoch}/{config.epochs} train", dist=info,
+                   description=f"epoch {epoch}/{config.epochs} train", dist=info, on_step=on_step,
                    resume=run.interrupted if epoch == run.start_epoch else None, **phase)
     rng_after_train = rng_state(plan.train_loader)  # where a stopped epoch continues
     va = None

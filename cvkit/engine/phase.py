@@ -64,7 +64,8 @@ class _Tally:
 
 def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimizer=None, scaler=None,
               progress=None, description: str = "", epoch: int = 0, label_map=None,
-              collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None, dist=None) -> dict:
+              collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None, dist=None,
+              on_step=None) -> dict:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
     Returns mean loss, accuracy (and top-k accuracy), the image count and rate, and with ``collect``
@@ -85,13 +86,14 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     ``dist`` (a :class:`~cvkit.distributed.Dist` of several processes): each training step, one
     all-reduce makes every process see the same loss check and the same stop decision, so all of
     them stop at the same step. The result is this process's shard's; see
-    :func:`cvkit.distributed.reduce_phase`.
+    :func:`cvkit.distributed.reduce_phase`. ``on_step(step)``, if given, is called after each
+    optimizer step (the callbacks' ``on_step_end``).
     """
     training = optimizer is not None
     model.train(training)
     tally = _Tally(topk, collect)
     pass_ = _Pass(model, loss_fn, device=device, precision=precision, optimizer=optimizer, scaler=scaler,
-                  epoch=epoch, label_map=label_map, stop=stop, dist=dist)
+                  epoch=epoch, label_map=label_map, stop=stop, dist=dist, on_step=on_step)
     task = progress.add_task(description, total=len(loader), rate="", stats="") if progress else None
     start = time.perf_counter()
     stopped_at, batches, step = None, None, 0
@@ -130,10 +132,11 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
 class _Pass:
     """The steps of one pass: forward, loss check, backward and optimizer step when training."""
 
-    def __init__(self, model, loss_fn, *, device, precision, optimizer, scaler, epoch, label_map, stop, dist):
+    def __init__(self, model, loss_fn, *, device, precision, optimizer, scaler, epoch, label_map, stop, dist,
+                 on_step=None):
         self.model, self.loss_fn, self.device, self.precision = model, loss_fn, device, precision
         self.optimizer, self.scaler, self.epoch, self.label_map = optimizer, scaler, epoch, label_map
-        self.stop, self.dist = stop, dist
+        self.stop, self.dist, self.on_step = stop, dist, on_step
         self.training = optimizer is not None
         named = getattr(model, "module", model).named_parameters()  # DistributedDataParallel: its module's names
         self.trainable = [(n, p) for n, p in named if p.requires_grad] if self.training else []
@@ -188,6 +191,8 @@ class _Pass:
         if self.training:
             self.backward(loss, loss_value)
         tally.add(logits, y, loss_value)
+        if self.on_step is not None and self.training:
+            self.on_step(self.step)
         return stop_all
 
     def backward(self, loss, loss_value: float) -> None:
