@@ -46,8 +46,6 @@ def fit(config: TrainConfig, *, resume: str | None = None, plugins: Plugins | No
     :class:`~cvkit.interrupts.TrainingStopped` says how to resume (exit 130 / 143); a second
     signal aborts at once, leaving the last saved checkpoint.
     """
-    import torch
-
     from cvkit import distributed
 
     plugins = plugins or get_plugins()

@@ -9,8 +9,9 @@ import typer
 from cvkit import ui
 from cvkit.cli.options import JsonOpt
 from cvkit.plugins import get_plugins
+from cvkit.registry import KINDS
 
-REGISTRY_NAMES = ["models", "transforms", "losses", "optimizers", "schedulers", "datasets", "callbacks"]  # as cvkit.registry.KINDS (no import: --help stays light)
+REGISTRY_NAMES = list(KINDS.values())
 
 
 def plugins_cmd(json: JsonOpt = False):

@@ -12,7 +12,7 @@ import math
 import time
 
 from cvkit.data import LOADER_TIMEOUT_ENV
-from cvkit.device import autocast  # noqa: F401 (also cvkit.engine.phase's)
+from cvkit.device import autocast
 from cvkit.engine.rng import set_rng_state
 from cvkit.errors import DataError, NumericalError
 
