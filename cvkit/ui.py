@@ -63,21 +63,26 @@ def fit(table, drop: tuple[str, ...] = (), *, console: Console | None = None) ->
     Values are never cut short with "…": every column folds what does not fit, and columns of
     numbers (``no_wrap``) keep their width while text columns give way first.
     """
-    from rich.measure import Measurement
-
     console = console or out
     for column in table.columns:
         column.overflow = "fold"
     dropped: list[str] = []
     pending = list(drop)
-    unbounded = console.options.update_width(UNBOUNDED)  # the width the table would like, not the one it gets
-    while pending and Measurement.get(console, unbounded, table).maximum > console.width:
+    while pending and not fits(table, console):
         name = pending.pop(0)
         index = next((i for i, c in enumerate(table.columns) if str(c.header) == name), None)
         if index is not None:
             del table.columns[index]
             dropped.append(name)
     return dropped
+
+
+def fits(table, console: Console | None = None) -> bool:
+    """Whether ``table`` at the width it would like (not the one it gets) fits the console."""
+    from rich.measure import Measurement
+
+    console = console or out
+    return Measurement.get(console, console.options.update_width(UNBOUNDED), table).maximum <= console.width
 
 
 def print_fitted(table, drop: tuple[str, ...] = (), *, console: Console | None = None) -> None:

@@ -170,7 +170,6 @@ def _render_confusion(report: dict) -> None:
     columns (1..N, the rows say which class each number is); where even that is too wide, one line."""
     from rich import box
     from rich.markup import escape as esc
-    from rich.measure import Measurement
     from rich.table import Table
 
     out, classes = ui.out, report["classes"]
@@ -184,7 +183,7 @@ def _render_confusion(report: dict) -> None:
             label = f"{i + 1} {esc(classes[i])}" if numbered else esc(classes[i])
             cm.add_row(label, *[f"[green]{v}[/]" if i == j else (f"[red]{v}[/]" if v else "0")
                                 for j, v in enumerate(row)])
-        if Measurement.get(out, out.options.update_width(ui.UNBOUNDED), cm).maximum <= out.width:
+        if ui.fits(cm, out):
             out.print(cm)
             return
     out.print(f"(the confusion matrix of {len(classes)} classes does not fit in {out.width} columns: "
