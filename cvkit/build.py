@@ -102,6 +102,23 @@ def build_dataset(name: str, root: str, *, split: str, transform, options: dict 
     return entry.create(root, split=split, transform=transform, options=options, **hints)
 
 
+DEFAULT_SPLITS = ("train", "val")
+
+
+def dataset_splits(name: str, root: str, *, options: dict | None = None, plugins: Plugins | None = None) -> tuple:
+    """The splits the data at ``root`` holds in format ``name``: the format's ``splits`` metadata, a
+    tuple or a callable ``splits(root, **options)`` (default ``("train", "val")``)."""
+    plugins = plugins or get_plugins()
+    entry = plugins["datasets"].get(name, option="--dataset")
+    splits = entry.meta.get("splits", DEFAULT_SPLITS)
+    if callable(splits):
+        from cvkit.registry import Entry
+
+        looker = Entry(kind=entry.kind, name=entry.name, build=splits, plugin=entry.plugin, help=entry.help)
+        splits = looker.create(str(root), options=options)
+    return tuple(splits or ())
+
+
 def decode_min_side(spec: ModelSpec) -> int:
     """The shorter image side the built-in transforms need at least: the chapter's eval Resize is
     256/224 of the input size, and its RandomResizedCrop output is the input size."""

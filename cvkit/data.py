@@ -1,8 +1,10 @@
-"""Training data: find the splits of an image tree, check them, and make DataLoaders.
+"""Training data: the splits of a dataset, reconciled, and DataLoaders for them.
 
-Layouts: ``DATA/train/<class>/*`` with ``DATA/val/<class>/*`` (``valid``/``validation`` accepted),
-or ``DATA/<class>/*`` split by ``val_split`` (seeded and stratified, so the same seed and files give
-the same split).
+The layout of the data is its format's business: a dataset plugin says which splits DATA holds
+(its ``splits`` metadata, see cvkit/hookspecs.py). With a validation split cvkit builds ``train``
+and ``val``; without one it builds the training data and holds out ``--val-split`` of each class
+(seeded and stratified, so the same seed and files give the same split). The model's classes are
+the train split's; the val split's labels are matched to them by name.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from cvkit.build import build_dataset
+from cvkit.build import build_dataset, dataset_splits
+from cvkit.datacheck import check_data, class_difference
 from cvkit.errors import DataError, UsageError
-
-VAL_NAMES = ("val", "valid", "validation")
 
 
 @dataclass
@@ -25,51 +26,10 @@ class Splits:
     layout: dict = field(default_factory=dict)  # how the split was made, for the run directory
 
 
-def _has_dir(root: str, names) -> bool:
-    return any(os.path.isdir(os.path.join(root, n)) for n in names)
-
-
-def find_layout(root: str) -> str:
-    """What ``root`` holds, before any option is applied: ``folders`` (train/ and val/),
-    ``train-only`` (train/ without val/) or ``flat`` (class folders). Raises :class:`DataError`
-    for a missing folder, a file, or a folder without class folders."""
-    if not os.path.exists(root):
-        raise DataError(f"{root}: no such folder")
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: not a folder (DATA is a folder of class folders, or of train/ and val/)")
-    if _has_dir(root, ("train",)):
-        return "folders" if _has_dir(root, VAL_NAMES) else "train-only"
-    subdirs = [d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))]
-    if not subdirs:
-        raise DataError(f"{root}: no class folders (expected {root}/<class>/<images> or {root}/train and {root}/val)")
-    return "flat"
-
-
-def train_only_message(root: str) -> str:
-    """What ``cvkit train`` and ``cvkit data check`` say of a train/ folder without a val/ folder."""
-    return (f"{root}: has train/ but no val/ (or valid/, validation/) folder; add one, or train on "
-            f"{os.path.join(root, 'train')} with --val-split 0.2 to hold out part of each class")
-
-
-def flat_note(root: str) -> str:
-    """What ``cvkit data check`` notes of a flat tree (class folders, no val/): train needs --val-split."""
-    return (f"{root}: no validation split (class folders without train/ and val/); cvkit train needs "
-            f"--val-split FRACTION for it (e.g. --val-split 0.2 holds out 20% of each class)")
-
-
-def detect_layout(root: str, val_split: float | None) -> str:
-    """``folders`` (train/ and val/) or ``split`` (class folders split by val_split)."""
-    found = find_layout(root)
-    if found == "folders":
-        return "folders"
-    if found == "train-only":
-        if val_split:
-            raise UsageError(f"--val-split: {root} has a train/ folder, which it would not split; add a val/ "
-                             f"folder, or train on {os.path.join(root, 'train')} with --val-split {val_split:g}")
-        raise DataError(train_only_message(root))
-    if not val_split:
-        raise DataError(f"{root}: no val/ folder; pass --val-split 0.2 to hold out part of each class")
-    return "split"
+def no_val_message(root: str) -> str:
+    """What ``cvkit train`` says of data without a validation split, given no --val-split."""
+    return (f"{root}: no validation split; pass --val-split FRACTION to hold out part of each class "
+            f"(e.g. --val-split 0.2)")
 
 
 def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -95,72 +55,97 @@ def _targets(dataset) -> list[int]:
     return [int(t) for t in targets]
 
 
-def class_difference(train_classes, val_classes, root: str) -> str | None:
-    """The error when train and val do not hold the same classes in the same order, else None."""
-    if list(train_classes) == list(val_classes):
-        return None
-    only_train = sorted(set(train_classes) - set(val_classes))
-    only_val = sorted(set(val_classes) - set(train_classes))
-    parts = ([f"only in train: {', '.join(only_train)}"] if only_train else []) + (
-        [f"only in val: {', '.join(only_val)}"] if only_val else [])
-    return f"{root}: train and val have different classes ({'; '.join(parts) or 'order differs'})"
-
-
-def check_classes(train_classes, val_classes, root: str) -> None:
+def reconcile(train, val, root: str):
+    """``val`` with its labels in the train split's class order. A val class that train lacks is a
+    :class:`DataError`; a train class without val images is fine here (training warns of it)."""
+    train_classes, val_classes = list(train.classes), list(val.classes)
+    if train_classes == val_classes:
+        return val
     message = class_difference(train_classes, val_classes, root)
     if message:
         raise DataError(message)
+    mapping = [train_classes.index(c) for c in val_classes]
+    samples = getattr(val, "samples", None)
+    if isinstance(samples, list) and isinstance(getattr(val, "targets", None), list):  # ImageFolder-like: in place
+        val.samples = [(p, mapping[int(t)]) for p, t in samples]
+        if hasattr(val, "imgs"):
+            val.imgs = val.samples
+        val.targets = [t for _, t in val.samples]
+        val.classes = train_classes
+        if hasattr(val, "class_to_idx"):
+            val.class_to_idx = {c: i for i, c in enumerate(train_classes)}
+        return val
+    from cvkit.relabel import relabelled
+
+    return relabelled(val, mapping, train_classes)
 
 
 def load_splits(root: str, *, dataset: str, train_transform, eval_transform, val_split: float | None = None,
                 seed: int = 0, options: dict | None = None, on_bad_image: str = "error",
                 min_side: int | None = None, plugins=None) -> Splits:
-    """The train and val datasets of ``root``.
+    """The train and val datasets of ``root`` in format ``dataset``.
 
-    For the ``imagefolder`` format the cheap part of ``cvkit data check`` runs first (layout, class
-    folders, empty classes, train/val class sets). With ``on_bad_image="skip"`` every image is decoded
-    once up front and unreadable ones are dropped and listed in ``layout["skipped"]``.
+    For the ``imagefolder`` format the cheap part of ``cvkit data check`` runs first (class
+    folders, empty classes, classes val has and train lacks). With ``on_bad_image="skip"`` every
+    image is decoded once up front and unreadable ones are dropped and listed in ``layout["skipped"]``.
     """
-    from torch.utils.data import Subset
-
     root = str(root)
     if on_bad_image not in ("error", "skip"):
         raise UsageError(f"--on-bad-image {on_bad_image!r}: use error or skip")
-    layout = detect_layout(root, val_split)
+    has = dataset_splits(dataset, root, options=options, plugins=plugins)
     if dataset == "imagefolder":
-        report = check_data(root, val_split=val_split, deep=False,
-                            allow_empty=bool((options or {}).get("allow_empty")))
+        report = check_data(root, dataset=dataset, val_split=val_split or 0.2, deep=False, options=options,
+                            plugins=plugins)
         if report["errors"]:
             raise DataError(report["errors"][0])
-    if layout == "folders":
-        train = build_dataset(dataset, root, split="train", transform=train_transform, options=options,
-                              min_side=min_side, plugins=plugins)
-        val = build_dataset(dataset, root, split="val", transform=eval_transform, options=options,
-                            min_side=min_side, plugins=plugins)
-        check_classes(train.classes, val.classes, root)
+
+    def build(split, transform):
+        return build_dataset(dataset, root, split=split, transform=transform, options=options,
+                             min_side=min_side, plugins=plugins)
+
+    if "val" in has:
+        if val_split:
+            raise UsageError(f"--val-split {val_split:g}: {root} has a validation split of its own, which "
+                             f"cvkit does not split again; leave --val-split out")
+        train, val = build("train", train_transform), build("val", eval_transform)
+        val = reconcile(train, val, root)
         info = {"layout": "folders", "root": root}
         if on_bad_image == "skip":
             info["skipped"] = drop_unreadable([train], [val])
     else:
-        full_train = build_dataset(dataset, root, split=None, transform=train_transform, options=options,
-                                   min_side=min_side, plugins=plugins)
-        full_val = build_dataset(dataset, root, split=None, transform=eval_transform, options=options,
-                                 min_side=min_side, plugins=plugins)
-        skipped = drop_unreadable([full_train, full_val]) if on_bad_image == "skip" else None
-        train_idx, val_idx = stratified_split(_targets(full_train), val_split, seed)
-        train, val = Subset(full_train, train_idx), Subset(full_val, val_idx)
-        train.classes = val.classes = list(full_train.classes)
-        info = {"layout": "split", "root": root, "val_split": val_split, "seed": seed}
-        if skipped is not None:
-            info["skipped"] = skipped
-        samples = getattr(full_train, "samples", None)
-        if samples:
-            info["val_files"] = [os.path.relpath(samples[i][0], root) for i in val_idx]
+        train, val, info = _held_out(root, "train" if "train" in has else None, build, train_transform,
+                                     eval_transform, val_split, seed, on_bad_image)
     if len(train) == 0:
         raise DataError(f"{root}: no training images")
     if len(val) == 0:
         raise DataError(f"{root}: no validation images")
     return Splits(train=train, val=val, classes=list(train.classes), layout=info)
+
+
+def _held_out(root, part, build, train_transform, eval_transform, val_split, seed, on_bad_image):
+    """Train and val from data without a validation split: ``val_split`` of each class held out."""
+    from torch.utils.data import Subset
+
+    if not val_split:
+        raise DataError(no_val_message(root))
+    full_train, full_val = build(part, train_transform), build(part, eval_transform)
+    if is_stream(full_train):
+        raise UsageError(f"--val-split: {root} is read as a stream ({type(full_train).__name__}), which cvkit "
+                         f"cannot split; give the data a validation split of its own")
+    skipped = drop_unreadable([full_train, full_val]) if on_bad_image == "skip" else None
+    train_idx, val_idx = stratified_split(_targets(full_train), val_split, seed)
+    train, val = Subset(full_train, train_idx), Subset(full_val, val_idx)
+    train.classes = val.classes = list(full_train.classes)
+    info = {"layout": "split", "root": root, "val_split": val_split, "seed": seed}
+    if part:
+        info["split_of"] = part
+    if skipped is not None:
+        info["skipped"] = skipped
+    samples = getattr(full_train, "samples", None)
+    if samples:
+        info["val_files"] = [os.path.relpath(samples[i][0], root if os.path.isdir(root) else os.path.dirname(root))
+                             for i in val_idx]
+    return train, val, info
 
 
 def parse_workers(value):
@@ -195,126 +180,6 @@ def drop_unreadable(*groups) -> list[dict]:
             ds.targets = [t for _, t in keep]
         skipped += [{"path": p, "error": e} for p, e in bad.items()]
     return skipped
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def scan_split(path: str) -> dict:
-    """Class folders of one split and their image files, as ImageFolder would read them (hidden
-    files and folders ignored), without opening any image."""
-    from cvkit.images import IMAGE_EXTENSIONS
-
-    classes, hidden, others = {}, 0, 0
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        if not entry.is_dir():
-            continue
-        if not _visible(entry.name):
-            hidden += 1
-            continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-            hidden += sum(not _visible(d) for d in dirnames) + sum(not _visible(f) for f in filenames)
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            for f in sorted(filenames):
-                if not _visible(f):
-                    continue
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(os.path.join(dirpath, f))
-                else:
-                    others += 1
-        classes[entry.name] = files
-    return {"path": path, "classes": classes, "hidden_ignored": hidden, "other_files": others}
-
-
-def single_class_message(name: str) -> str:
-    """One class only: training runs, but there is nothing to tell apart (``cvkit data check`` and
-    ``cvkit train`` both say so)."""
-    return (f"only one class ({name}): a classifier needs at least two; every prediction would be {name} "
-            f"and accuracy 100% without learning anything")
-
-
-IMBALANCE_WARNING = 3.0  # largest class / smallest class in train
-
-
-def check_data(root: str, *, val_split: float | None = None, deep: bool = True,
-               allow_empty: bool = False) -> dict:
-    """Check an image tree without changing it: per-split class counts, imbalance, empty classes,
-    classes missing from a split and, with ``deep``, unreadable images and exact duplicates shared by
-    train and val. ``errors`` stop training; ``warnings`` do not; ``notes`` say what training will
-    need (a flat tree checked without ``val_split``: ``cvkit train`` needs ``--val-split``). A train/
-    folder without val/ raises the :class:`DataError` that training raises for it."""
-    import hashlib
-
-    from cvkit.images import load_image
-
-    root = str(root)
-    notes = []  # neither errors nor warnings: what train will need
-    if find_layout(root) == "train-only":  # train refuses it: the same words here, exit 3
-        raise DataError(train_only_message(root))
-    layout = detect_layout(root, val_split or 0.2)  # a flat tree is fine to check; train asks for --val-split
-    if layout == "split" and not val_split:
-        notes.append(flat_note(root))
-    if layout == "folders":
-        val_dir = next(os.path.join(root, n) for n in VAL_NAMES if os.path.isdir(os.path.join(root, n)))
-        splits = {"train": scan_split(os.path.join(root, "train")), "val": scan_split(val_dir)}
-    else:
-        splits = {"all": scan_split(root)}
-    errors, warnings = [], []
-    for name, split in splits.items():
-        if not split["classes"]:
-            errors.append(f"{split['path']}: no class folders")
-        for cls, files in split["classes"].items():
-            if not files and not allow_empty:
-                errors.append(f"{os.path.join(split['path'], cls)}: empty class folder (no images); remove it "
-                              f"or pass --opt dataset.allow_empty=true")
-    if layout == "folders":
-        message = class_difference(splits["train"]["classes"], splits["val"]["classes"], root)
-        if message:
-            errors.append(message)
-    counts = {c: len(f) for c, f in next(iter(splits.values()))["classes"].items()}
-    if len(counts) == 1:
-        warnings.append(single_class_message(next(iter(counts))))
-    nonzero = [n for n in counts.values() if n]
-    if nonzero and max(nonzero) > IMBALANCE_WARNING * min(nonzero):
-        big = max(counts, key=counts.get)
-        small = min((c for c in counts if counts[c]), key=counts.get)
-        warnings.append(f"classes are imbalanced: {big} has {counts[big]} images, {small} {counts[small]}")
-    report = {
-        "root": root, "layout": layout,
-        "splits": {name: {"path": s["path"], "classes": {c: len(f) for c, f in s["classes"].items()},
-                          "images": sum(len(f) for f in s["classes"].values()),
-                          "hidden_ignored": s["hidden_ignored"], "other_files": s["other_files"]}
-                   for name, s in splits.items()},
-        "errors": errors, "warnings": warnings, "notes": notes,
-    }
-    if deep:
-        unreadable, digests = [], {}
-        for name, split in splits.items():
-            for files in split["classes"].values():
-                for path in files:
-                    try:
-                        load_image(path)
-                        if layout == "folders":
-                            with open(path, "rb") as f:
-                                digest = hashlib.sha256(f.read()).hexdigest()
-                            digests.setdefault(name, {}).setdefault(digest, path)
-                    except DataError as exc:
-                        unreadable.append({"path": path, "error": str(exc)})
-                    except OSError as exc:  # decoded, then gone or refused before it was hashed
-                        unreadable.append({"path": path, "error": f"{path}: cannot read ({exc.strerror or exc})"})
-        duplicates = []
-        if layout == "folders":
-            train_digests = digests.get("train", {})
-            duplicates = [{"val": path, "train": train_digests[d]} for d, path in digests.get("val", {}).items()
-                          if d in train_digests]
-        report["unreadable"] = unreadable
-        report["duplicates"] = duplicates
-        if duplicates:
-            warnings.append(f"{len(duplicates)} val images are exact copies of train images "
-                            f"(they inflate val accuracy), e.g. {duplicates[0]['val']}")
-    return report
 
 
 SMALL_INPUT_SIDE = 64  # model inputs up to this side are cheap to decode and transform
@@ -355,8 +220,48 @@ LOADER_TIMEOUT_ENV = "CVKIT_LOADER_TIMEOUT"
 LOADER_TIMEOUT = 300.0
 
 
+def is_stream(dataset) -> bool:
+    """An ``IterableDataset`` (sharded data): no sampler, no cvkit split, no caches; it shuffles itself."""
+    from torch.utils.data import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
+class FixedSteps:
+    """A training loader over a stream, cut to ``len(dataset) // batch_size`` batches an epoch: every
+    process of a distributed run takes the same number of steps (each DataLoader worker ends its
+    part with a short batch, so a stream gives at least that many). The rest of the loader's
+    attributes are the loader's own."""
+
+    def __init__(self, loader, steps: int):
+        object.__setattr__(self, "loader", loader)
+        object.__setattr__(self, "steps", steps)
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        import itertools
+
+        return itertools.islice(iter(self.loader), self.steps)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.loader, name, value)
+
+
+def set_loader_epoch(loader, epoch: int) -> None:
+    """A new order for this epoch: a distributed sampler's and a stream's (``set_epoch``)."""
+    for part in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
 def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device, seed: int = 0, sampler=None):
-    """A seeded DataLoader. With worker processes, a worker that gives no batch for
+    """A seeded DataLoader (a stream: in its own order, cut to whole batches when ``sampler`` is
+    ``"steps"``; see :class:`FixedSteps`). With worker processes, a worker that gives no batch for
     ``$CVKIT_LOADER_TIMEOUT`` seconds (default 300; 0 waits forever) is an error instead of a hang;
     a worker that dies is reported by torch at once (``cvkit.engine.phase.loader_failure`` words both).
     Workers ignore Ctrl-C and die of SIGTERM (see ``cvkit.interrupts.reset_worker_signals``).
@@ -377,9 +282,14 @@ def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device
 
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+    stream = is_stream(dataset)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not stream,
+        sampler=None if stream else sampler,
         num_workers=workers, multiprocessing_context=_worker_start_method(workers),
         persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=generator,
         timeout=timeout, worker_init_fn=reset_worker_signals if workers > 0 else None,
     )
+    if stream and shuffle:  # training
+        return FixedSteps(loader, max(1, len(dataset) // batch_size))
+    return loader

@@ -229,8 +229,15 @@ class ShardSampler:
         return len(self.indices)
 
 
+def _streams(dataset) -> bool:
+    """A stream (``IterableDataset``) divides its shards among processes itself."""
+    from torch.utils.data import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
 def train_sampler(dataset, info: Dist, seed: int):
-    if not info.enabled:
+    if not info.enabled or _streams(dataset):
         return None
     from torch.utils.data.distributed import DistributedSampler
 
@@ -238,7 +245,7 @@ def train_sampler(dataset, info: Dist, seed: int):
 
 
 def eval_sampler(dataset, info: Dist):
-    return ShardSampler(len(dataset), info.rank, info.world) if info.enabled else None
+    return ShardSampler(len(dataset), info.rank, info.world) if info.enabled and not _streams(dataset) else None
 
 
 def per_process_batch(batch_size: int, info: Dist) -> int:

@@ -69,12 +69,20 @@ def register_schedulers(register):
 
 @hookspec
 def register_datasets(register):
-    """Register dataset formats: ``register(name, build, *, help="")``.
+    """Register dataset formats: ``register(name, build, *, help="", splits=("train", "val"))``.
 
-    ``build(root: str, *, split: str, transform, **options)`` returns a torch Dataset yielding
-    ``(tensor, int)`` pairs, with a ``.classes`` list of class names in label order. A factory that
-    takes a ``min_side`` keyword gets the smallest image side the model's transforms need, so it
-    may decode large images at a reduced scale.
+    ``splits`` says which splits the data at a root holds: a tuple, or a callable
+    ``splits(root, **options) -> tuple`` that looks (it raises ``cvkit.errors.DataError`` for data it
+    cannot read). With ``"val"`` among them cvkit asks for ``split="train"`` and ``split="val"``;
+    without, for ``split="train"`` when listed, else ``split=None`` (all of the data), and makes a
+    seeded, stratified validation split of it (``--val-split``).
+
+    ``build(root: str, *, split: str | None, transform, **options)`` returns a torch Dataset yielding
+    ``(tensor, int)`` pairs with a ``.classes`` list of class names in label order (optional:
+    ``.targets``, the label of each sample; ``.samples``, ``(path, label)`` pairs). A factory that
+    takes a ``min_side`` keyword gets the smallest image side the model's transforms need. An
+    ``IterableDataset`` (sharded data) has a ``__len__`` equal in every training process. The
+    model's classes are the train split's; val's classes must be among them. See docs/plugins.md.
     """
 
 

@@ -182,16 +182,21 @@ def test_data_check_of_train_and_val_has_no_note(cli, data):
     assert report["notes"] == []
 
 
-def test_train_without_val_is_the_same_error_in_check_and_train(cli, data, tmp_path):
+def test_train_without_val_needs_val_split_and_then_holds_out_part_of_train(cli, data, tmp_path):
     root = tmp_path / "only-train"
     shutil.copytree(data / "train", root / "train")
-    check, train = cli("data", "check", str(root)), cli("train", str(root), *FAST)
-    assert check.code == train.code == 3
-    assert _err_lines(check) == _err_lines(train) and len(_err_lines(check)) == 1
-    line = _err_lines(check)[0]
-    assert "has train/ but no val/" in line and f"{root / 'train'} with --val-split 0.2" in line
-    split = cli("train", str(root), "--val-split", "0.2", *FAST)
-    assert split.code == 2 and f"train on {root / 'train'} with --val-split 0.2" in split.err
+    check, train = cli("data", "check", str(root), "--json", "--quick"), cli("train", str(root), *FAST)
+    assert check.code == 0 and train.code == 3
+    note, = json.loads(check.out)["notes"]
+    assert "no validation split" in note and "--val-split" in note
+    line, = _err_lines(train)
+    assert "no validation split" in line and "--val-split 0.2" in line
+    split = cli("train", str(root), "--val-split", "0.25", *FAST, "--json")
+    assert split.code == 0, split.err
+    summary = json.loads(split.out)
+    assert summary["classes"] == sorted(p.name for p in (root / "train").iterdir())
+    layout = json.loads((Path(summary["run_dir"]) / "split.json").read_text())
+    assert layout["split_of"] == "train" and all(f.startswith("train/") for f in layout["val_files"])
 
 
 # 4. curves.png names the model, the run and the data

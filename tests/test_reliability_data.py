@@ -72,13 +72,29 @@ def test_empty_class_folder_is_an_error_naming_it_unless_allowed(cli, data, tmp_
     assert "hexagon" in json.loads(r.out)["classes"]
 
 
-def test_train_and_val_class_sets_must_match(cli, data, tmp_path):
+def test_a_val_class_that_train_lacks_is_an_error(cli, data, tmp_path):
     shutil.move(str(data / "val" / "star"), str(data / "val" / "pentagon"))
     r = cli("train", str(data), *FAST, "--out", str(tmp_path / "r"))
     assert r.code == 3
     line = _one_line(r.err)
-    assert "only in train: star" in line and "only in val: pentagon" in line
+    assert "val has a class the training split lacks (pentagon)" in line
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_a_train_class_without_val_images_trains_with_val_labels_matched_by_name(cli, data, tmp_path):
+    # val/ lacks "circle": ImageFolder numbers val's classes from 0 without it; cvkit matches names
+    shutil.rmtree(data / "val" / "circle")
+    r = cli("train", str(data), *FAST, "--out", str(tmp_path / "r"), "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["classes"][0] == "circle"
+    assert any("circle" in w and "no validation images" in w for w in summary["warnings"])
+    from cvkit.data import load_splits
+
+    splits = load_splits(str(data), dataset="imagefolder", train_transform=None, eval_transform=None)
+    names = [splits.classes[t] for _, t in splits.val.samples]
+    assert names and "circle" not in names
+    assert all(os.path.basename(os.path.dirname(p)) == n for (p, _), n in zip(splits.val.samples, names))
 
 
 @pytest.fixture
@@ -160,7 +176,7 @@ def test_data_check_reports_everything_and_changes_nothing(cli, data):
     assert report["splits"]["train"]["classes"] == {"circle": 24, "square": 5, "star": 4, "triangle": 4}
     assert report["splits"]["val"]["classes"] == {"circle": 2, "square": 2, "star": 3}
     assert report["splits"]["train"]["other_files"] == 1
-    assert any("only in train: triangle" in e for e in report["errors"])
+    assert any("no validation images of triangle" in w for w in report["warnings"])
     assert [u["path"] for u in report["unreadable"]] == [str(data / "train" / "square" / "broken.jpg")]
     assert report["duplicates"] == [{"val": str(data / "val" / "star" / "leaked.png"),
                                      "train": str(data / "train" / "star" / "star_0001.png")}]

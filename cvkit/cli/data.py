@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cvkit import ui
-from cvkit.cli.options import JsonOpt
+from cvkit.cli.options import DatasetOpt, JsonOpt, OptOpt
 
 
 def data_demo_cmd(
@@ -34,7 +34,9 @@ def data_demo_cmd(
 
 
 def data_check_cmd(
-    data: Annotated[str, typer.Argument(metavar="DATA", help="Image folder, as for train.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="The data, as for train.")],
+    dataset: DatasetOpt = "imagefolder",
+    opt: OptOpt = None,
     quick: Annotated[bool, typer.Option(
         "--quick", metavar="", help="Only the structure: skip decoding and hashing every image.")] = False,
     json: JsonOpt = False,
@@ -42,9 +44,10 @@ def data_check_cmd(
     """Check an image folder before training: class counts, imbalance, empty or missing classes,
     unreadable images, val images duplicated in train. Changes nothing; exit 3 on errors."""
     from cvkit.commands.data import render_check
-    from cvkit.data import check_data
+    from cvkit.datacheck import check_data
+    from cvkit.options import parse_opts
 
-    report = check_data(data, deep=not quick)
+    report = check_data(data, dataset=dataset, options=parse_opts(opt).get("dataset"), deep=not quick)
     ui.print_json(report) if json else render_check(report)
     if report["errors"] or report.get("unreadable"):
         raise typer.Exit(3)
@@ -64,9 +67,41 @@ def data_download_cmd(
         f"{len(result['classes'])} classes")
 
 
+def data_shard_cmd(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="The images to shard, as for train.")],
+    out: Annotated[str, typer.Argument(
+        metavar="OUT", help="New or empty folder for the shards, manifest.json and classes.txt.")],
+    dataset: Annotated[str, typer.Option(
+        metavar="NAME", help="Format of DATA (see `cvkit list datasets`).")] = "imagefolder",
+    shard_size: Annotated[int, typer.Option(
+        min=1, metavar="N", help="Most images per shard (a split's shards differ by at most one image).")] = 1000,
+    val_split: Annotated[Optional[float], typer.Option(
+        metavar="FRACTION", show_default="none: DATA has its own val split",
+        help="Hold out this fraction of each class as val shards (for data without a validation split).")] = None,
+    seed: Annotated[int, typer.Option(
+        metavar="N", help="Seed of the order of the images in the shards and of --val-split.")] = 0,
+    opt: OptOpt = None,
+    json: JsonOpt = False,
+):
+    """Write DATA as WebDataset tar shards (OUT/train-000000.tar ..., OUT/val-000000.tar ...) with
+    manifest.json, for cvkit train OUT --dataset webdataset. Image files are stored as they are."""
+    from cvkit.commands.shards import write_shards
+    from cvkit.options import parse_opts
+
+    manifest = write_shards(data, out, dataset=dataset, shard_size=shard_size, val_split=val_split, seed=seed,
+                            options=parse_opts(opt).get("dataset"), show_progress=not json)
+    if json:
+        return ui.print_json(manifest)
+    counts = ", ".join(f"{len(s['shards'])} {name} shard{'s' * (len(s['shards']) != 1)} ({s['samples']} images)"
+                       for name, s in manifest["splits"].items())
+    ui.out.print(f"{out}: {counts}, {len(manifest['classes'])} classes; manifest.json",
+                 markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(no_args_is_help=True, help="Make and check image folders.")
     app.add_typer(data_app, name="data", rich_help_panel="Data")
     data_app.command("demo")(data_demo_cmd)
     data_app.command("check")(data_check_cmd)
     data_app.command("download")(data_download_cmd)
+    data_app.command("shard")(data_shard_cmd)

@@ -7,14 +7,18 @@ from typing import Annotated, Optional
 import typer
 
 from cvkit import ui
-from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, CheckpointOpt, JsonOpt
+from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, CheckpointOpt, JsonOpt, OptOpt
 
 
 def eval_cmd(
     data: Annotated[Optional[str], typer.Argument(
         metavar="DATA", show_default="the run's own validation split",
-        help="Folder of class folders, or a tree with val/.")] = None,
+        help="The data, as for train (its val split, or all of it when it has none).")] = None,
     checkpoint: CheckpointOpt = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        metavar="NAME", show_default="the format the run trained on",
+        help="Format of DATA (see `cvkit list datasets`).")] = None,
+    opt: OptOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per batch.")] = 64,
     device: Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)] = "auto",
     precision: Annotated[str, typer.Option(metavar="PRECISION", help=PRECISION_HELP)] = "auto",
@@ -26,9 +30,11 @@ def eval_cmd(
 ):
     """Evaluate a checkpoint: loss, top-1/top-5, per-class precision/recall/F1, confusion matrix."""
     from cvkit.commands.evaluate import evaluate_checkpoint, render_eval
+    from cvkit.options import parse_opts
 
     report = evaluate_checkpoint(data=data, checkpoint=checkpoint, batch_size=batch_size, device=device,
-                                 precision=precision, workers=workers, out=out, show_progress=not json)
+                                 precision=precision, workers=workers, out=out, show_progress=not json,
+                                 dataset=dataset, dataset_options=parse_opts(opt).get("dataset"))
     ui.print_json(report) if json else render_eval(report)
 
 

@@ -19,6 +19,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine
 OptOpt = Annotated[Optional[list[str]], typer.Option(
     "--opt", metavar="KIND.KEY=VALUE", show_default=False,
     help="Extra keyword for a factory, e.g. optimizer.momentum=0.5 or loss.label_smoothing=0.1 (repeatable).")]
+DatasetOpt = Annotated[str, typer.Option(
+    metavar="NAME", help="Format of DATA: imagefolder, csv, webdataset or a plugin's (see `cvkit list datasets`).")]
+ValSplitOpt = Annotated[Optional[float], typer.Option(
+    metavar="FRACTION", show_default="none: DATA has its own val split",
+    help="Hold out this fraction of each class for validation (for data without a validation split).")]
 CheckpointOpt = Annotated[Optional[str], typer.Option(
     "--checkpoint", "-c", metavar="CHECKPOINT", show_default="best.pt of the newest run in ./runs/",
     help="Checkpoint file or run directory.")]

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from cvkit import ui
-from cvkit.cli.options import D, DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, JsonOpt, OptOpt, _given
+from cvkit.cli.options import (D, DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, DatasetOpt, JsonOpt, OptOpt,
+                               ValSplitOpt, _given)
 from cvkit.cli.process import _LAUNCH_ARGV, _world_size
 
 DataArg = Annotated[Optional[str], typer.Argument(
@@ -38,11 +39,6 @@ WeightsOpt = Annotated[Optional[str], typer.Option(
     metavar="WEIGHTS", show_default="the model's: imagenet for resnets",
     help="Starting weights: imagenet (downloaded once), none (random), or a state dict or cvkit "
          "checkpoint file.")]
-DatasetOpt = Annotated[str, typer.Option(
-    metavar="NAME", help="Format of DATA (see `cvkit list datasets`).")]
-ValSplitOpt = Annotated[Optional[float], typer.Option(
-    metavar="FRACTION", show_default="none: DATA has val/",
-    help="Hold out this fraction of each class for validation (for the DATA/<class>/* layout).")]
 DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help=DEVICE_HELP)]
 PrecisionOpt = Annotated[str, typer.Option(metavar="PRECISION", help=PRECISION_HELP)]
 WorkersOpt = Annotated[str, typer.Option(metavar="N", help=WORKERS_HELP)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cvkit import ui
@@ -11,25 +10,30 @@ from cvkit.errors import DataError
 MISCLASSIFIED_SHOWN = 32
 
 
-def eval_data(data: str | None, ckpt: dict, transform, plugins):
-    """The dataset to evaluate on: DATA's val/ split, DATA itself, or the run's own validation split."""
-    from cvkit.build import build_dataset
-    from cvkit.data import VAL_NAMES, load_splits
+def eval_data(data: str | None, ckpt: dict, transform, plugins, dataset: str | None = None,
+              options: dict | None = None):
+    """The dataset to evaluate on: DATA's validation split (all of DATA when it has no splits), or
+    the run's own validation split. The format is ``dataset``, else the one the run trained on."""
+    from cvkit.build import build_dataset, dataset_splits
+    from cvkit.data import load_splits
 
     config = ckpt.get("config") or {}
-    dataset = config.get("dataset") or "imagefolder"
+    trained_on = config.get("dataset") or "imagefolder"
+    dataset = dataset or trained_on
+    if dataset == trained_on:  # e.g. the CSV's column names the run was given
+        options = {**((config.get("options") or {}).get("dataset") or {}), **(options or {})}
     if data is None:
         root = config.get("data")
         if not root:
             raise DataError("no DATA given and the checkpoint does not record its training data")
         splits = load_splits(root, dataset=dataset, train_transform=transform, eval_transform=transform,
-                             val_split=config.get("val_split"), seed=config.get("seed", 0), plugins=plugins)
+                             val_split=config.get("val_split"), seed=config.get("seed", 0), options=options,
+                             plugins=plugins)
         return splits.val, f"{root} (the run's validation split)"
-    if not os.path.isdir(data):
-        raise DataError(f"{data}: no such folder")
-    split = "val" if any(os.path.isdir(os.path.join(data, n)) for n in VAL_NAMES) else None
-    ds = build_dataset(dataset, data, split=split, transform=transform, plugins=plugins)
-    return ds, data if split is None else f"{data} (val)"
+    has = dataset_splits(dataset, data, options=options, plugins=plugins)
+    split = "val" if "val" in has else "train" if "train" in has else None
+    ds = build_dataset(dataset, data, split=split, transform=transform, options=options, plugins=plugins)
+    return ds, data if split is None else f"{data} ({split})"
 
 
 def class_map(data_classes: list[str], ckpt_classes: list[str], where: str):
@@ -74,7 +78,8 @@ def per_class_scores(matrix: list[list[int]], classes: list[str]) -> list[dict]:
 
 def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = None, batch_size: int = 64,
                         device: str = "auto", precision: str = "auto", workers: str | int = "auto",
-                        out: str | None = None, show_progress: bool = True, plugins=None) -> dict:
+                        out: str | None = None, show_progress: bool = True, dataset: str | None = None,
+                        dataset_options: dict | None = None, plugins=None) -> dict:
     from cvkit.build import build_loss
     from cvkit.inference import restore_model
     from cvkit.data import make_loader, parse_workers, resolve_workers
@@ -87,7 +92,8 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     prec = resolve_precision(precision, dev)
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
     classes = list(ckpt["classes"])
-    dataset, source = eval_data(data, ckpt, transform, plugins)
+    dataset, source = eval_data(data, ckpt, transform, plugins, dataset=dataset,
+                                options=dataset_options)
     if len(dataset) == 0:
         raise DataError(f"{source}: no images to evaluate")
     label_map = class_map(list(dataset.classes), classes, source)
@@ -122,6 +128,22 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     return report
 
 
+def _samples_at(dataset, indices: list[int]):
+    """The samples at these positions (ascending); a stream (sharded data, read in the same order on
+    every pass) is read again up to the last of them."""
+    from torch.utils.data import IterableDataset
+
+    if not isinstance(dataset, IterableDataset):
+        return [dataset[i] for i in indices]
+    wanted, found = set(indices), {}
+    for i, sample in enumerate(dataset):
+        if i in wanted:
+            found[i] = sample
+        if i >= indices[-1]:
+            break
+    return [found[i] for i in indices]
+
+
 def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -> dict:
     from cvkit import reports
 
@@ -132,8 +154,7 @@ def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -
     wrong = [i for i, (t, p) in enumerate(zip(result["targets"], result["predictions"])) if t != p]
     if wrong:
         images, labels = [], []
-        for i in wrong[:MISCLASSIFIED_SHOWN]:
-            x, _ = dataset[i]
+        for i, (x, _) in zip(wrong[:MISCLASSIFIED_SHOWN], _samples_at(dataset, wrong[:MISCLASSIFIED_SHOWN])):
             images.append(reports.denormalize(x, spec.mean, spec.std))
             labels.append(f"{report['classes'][result['predictions'][i]]}\n(true: {report['classes'][result['targets'][i]]})")
         files["misclassified"] = str(reports.image_grid(

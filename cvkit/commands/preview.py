@@ -7,7 +7,9 @@ from pathlib import Path
 
 def preview_batch(data: str, *, model: str = "net", transforms: str | None = None, out: str = "preview.png",
                   count: int = 16, seed: int = 0, dataset: str = "imagefolder", val_split: float | None = None,
-                  plugins=None) -> dict:
+                  options: dict | None = None, plugins=None) -> dict:
+    import itertools
+
     import torch
 
     from cvkit import reports
@@ -21,15 +23,18 @@ def preview_batch(data: str, *, model: str = "net", transforms: str | None = Non
     plugins = plugins or get_plugins()
     spec = model_spec(model, plugins)
     name = transforms or spec.default_transforms or "plain"
-    train_tf = build_transform(spec, name, train=True, plugins=plugins)
+    train_tf = build_transform(spec, name, train=True, options=(options or {}).get("transform"), plugins=plugins)
     splits = load_splits(data, dataset=dataset, train_transform=train_tf, eval_transform=train_tf,
-                         val_split=val_split, seed=seed, plugins=plugins)
+                         val_split=val_split, seed=seed, options=(options or {}).get("dataset"),
+                         plugins=plugins)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(splits.train), generator=generator)[:count].tolist()
+    if isinstance(splits.train, torch.utils.data.IterableDataset):  # a stream: its first samples (it shuffles)
+        samples = list(itertools.islice(iter(splits.train), count))
+    else:
+        samples = (splits.train[i] for i in torch.randperm(len(splits.train), generator=generator)[:count].tolist())
     images, labels = [], []
-    for i in indices:
-        x, y = splits.train[i]
+    for x, y in samples:
         images.append(reports.denormalize(x, spec.mean, spec.std))
         labels.append(splits.classes[int(y)])
     path = reports.image_grid(images, labels, Path(out),

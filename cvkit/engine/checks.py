@@ -36,7 +36,7 @@ def data_warnings(splits) -> list[str]:
     class; classes without training images (they cannot be learnt); classes without validation
     images (val accuracy, which picks best.pt, does not measure them). Counted from the datasets'
     ``targets`` where they list them (no image is read)."""
-    from cvkit.data import single_class_message
+    from cvkit.datacheck import single_class_message
 
     classes = list(splits.classes)
     if len(classes) == 1:

@@ -9,6 +9,7 @@ import time
 import warnings
 
 from cvkit import ui
+from cvkit.data import set_loader_epoch
 from cvkit.engine.callbacks import checkpoint_payload, save_point
 from cvkit.engine.phase import confusion_matrix, loader_failure, run_phase
 from cvkit.engine.rng import rng_state, seed_everything
@@ -58,8 +59,8 @@ def one_epoch(run, plan, stop, progress, on_step=None) -> dict:
     t0 = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     epoch_rng = rng_state(plan.train_loader)  # a last.pt saved in this epoch replays from here
-    if info.enabled:  # a new shard order per epoch; each process its own augmentation numbers
-        plan.train_loader.sampler.set_epoch(epoch)
+    set_loader_epoch(plan.train_loader, epoch)  # a new order per epoch (distributed sampler, stream)
+    if info.enabled:  # each process its own augmentation numbers
         seed_everything(config.seed * 1_000_003 + epoch * 1_009 + info.rank)
     phase = dict(device=device, precision=run.precision, progress=progress, epoch=epoch, stop=stop)
     tr = run_phase(plan.phase_model, plan.train_loader, run.loss_fn, optimizer=run.optimizer, scaler=run.scaler,

@@ -16,7 +16,7 @@ from typing import Any
 
 from cvkit.accel import (CACHE_BUDGET_BYTES, CachedSamples, cache_decoded_images, cacheable_head, caches_enabled,
                          extract_features, frozen_backbone_model, frozen_head)
-from cvkit.data import make_loader, resolve_workers
+from cvkit.data import is_stream, make_loader, resolve_workers
 from cvkit.engine.rng import set_rng_state
 
 
@@ -40,8 +40,8 @@ def make_loaders(run) -> Plan:
     config, splits, info, device = run.config, run.splits, run.info, run.device
     workers = resolve_workers(config.workers, len(splits.train), run.spec.input_size, processes=info.local_world)
     deterministic = bool(run.plugins["transforms"].get(run.transform_name).meta.get("deterministic"))
-    decoded = None
-    if not deterministic:
+    decoded, stream = None, is_stream(splits.train)
+    if not deterministic and not stream:
         # random augmentation: keep the decoded pictures of a small set in memory; decoding the
         # training pictures counts in epoch one's training time, like feature extraction
         decoded = cache_decoded_images([splits.train], workers=workers)
@@ -49,7 +49,7 @@ def make_loaders(run) -> Plan:
             # what is left per image (the augmentation) is cheaper in this process than the
             # hand-over from worker processes that share its cores (measured: docs/performance.md)
             workers = 0
-    if workers == 0 and caches_enabled():  # keep transformed samples where that cannot change them
+    if workers == 0 and caches_enabled() and not stream:  # keep transformed samples where that cannot change them
         if deterministic:
             splits.train = CachedSamples(splits.train)
         splits.val = CachedSamples(splits.val)
@@ -64,7 +64,8 @@ def choose_phase_model(run, plan: Plan, checkpoint) -> None:
     """What a training step runs (see the module's docstring); fills ``plan`` and the run record."""
     model, spec = run.model, run.spec
     plan.phase_model = model
-    head = cacheable_head(model, spec.head, plan.deterministic)
+    # a stream's features would be this process's shards only, and a new order each epoch
+    head = None if is_stream(run.splits.train) else cacheable_head(model, spec.head, plan.deterministic)
     if head is not None:
         _cache_features(run, plan, head, checkpoint)
     elif (frozen := frozen_head(model, spec.head)) is not None:
