@@ -71,8 +71,7 @@ def data_shard_cmd(
     data: Annotated[str, typer.Argument(metavar="DATA", help="The images to shard, as for train.")],
     out: Annotated[str, typer.Argument(
         metavar="OUT", help="New or empty folder for the shards, manifest.json and classes.txt.")],
-    dataset: Annotated[str, typer.Option(
-        metavar="NAME", help="Format of DATA (see `cvkit list datasets`).")] = "imagefolder",
+    dataset: DatasetOpt = "imagefolder",
     shard_size: Annotated[int, typer.Option(
         min=1, metavar="N", help="Most images per shard (a split's shards differ by at most one image).")] = 1000,
     val_split: Annotated[Optional[float], typer.Option(
