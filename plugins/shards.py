@@ -283,25 +283,10 @@ def shuffled(items, size: int, rng: random.Random):
 
 
 def decode(data: bytes, where: str, min_side: int | None = None):
-    """An encoded image as cvkit's loader returns a file's (``L`` or ``RGB``, EXIF orientation
-    applied); ``min_side`` as in :func:`cvkit.images.load_image`."""
-    import io
+    """An encoded image, read by cvkit's one image loader (errors name ``where``)."""
+    from cvkit.images import load_image
 
-    from PIL import Image, ImageOps
-
-    from cvkit.images import _normalise_mode
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
-                scale = min(img.size) / min_side
-                img.draft(img.mode, (max(1, round(img.size[0] / scale)), max(1, round(img.size[1] / scale))))
-            img.load()
-            return _normalise_mode(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{where}: image too large, refused as a possible decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{where}: not a readable image ({str(exc) or type(exc).__name__})") from None
+    return load_image(where, min_side=min_side, data=data)
 
 
 # --- the dataset -------------------------------------------------------------------------------

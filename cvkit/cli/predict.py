@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from cvkit import ui
-from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP, CheckpointOpt, JsonOpt
+from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP, CheckpointOpt, JsonOpt, OptOpt
 
 
 def predict_cmd(
     images: Annotated[list[str], typer.Argument(
-        metavar="IMAGE", show_default=False, help="Image files, folders or globs (one or more).")],
+        metavar="IMAGE", show_default=False, help="Image files, folders or globs (one or more); with --dataset, the DATA to read.")],
     checkpoint: CheckpointOpt = None,
     top_k: Annotated[int, typer.Option(min=1, metavar="K", help="Classes shown per image.")] = 3,
     batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per batch.")] = 32,
@@ -27,15 +27,21 @@ def predict_cmd(
         help="Draw the model's input (after the eval transform) in --grid instead of the original picture.")] = False,
     csv: Annotated[bool, typer.Option(
         "--csv", metavar="", help="Print CSV (path, rank, label, probability) on stdout.")] = False,
+    dataset: Annotated[Optional[str], typer.Option(
+        metavar="NAME", show_default="image files",
+        help="Read IMAGE as data of this format (e.g. csv, webdataset) and predict every image it holds.")] = None,
+    opt: OptOpt = None,
     json: JsonOpt = False,
 ):
     """Predict the top-k classes of images with a trained checkpoint."""
     from cvkit.commands.predict import predict_images, predict_summary, predictions_csv, render_predictions
+    from cvkit.options import parse_opts
 
     if csv and json:
         raise typer.BadParameter("choose one of --csv and --json")
     report = predict_images(images, checkpoint=checkpoint, top_k=top_k, batch_size=batch_size,
-                            device=device, precision=precision, grid=grid, grid_input=grid_input)
+                            device=device, precision=precision, grid=grid, grid_input=grid_input,
+                            dataset=dataset, dataset_options=parse_opts(opt).get("dataset"))
     for item in report["skipped"]:  # on stderr, so --json and --csv stay clean
         ui.warn(f"skipped {item['path']}: {item['reason']}")
     if json:

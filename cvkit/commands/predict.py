@@ -71,10 +71,34 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[dict]]:
     return unique, skipped
 
 
+def dataset_inputs(data: str, dataset: str, options: dict | None, plugins) -> list:
+    """The images of DATA in format ``dataset``, every split: their files where the format lists
+    them, else ``(name, picture)`` pairs read from it (a stream), named ``DATA[i]``."""
+    from cvkit.build import build_dataset, dataset_splits
+
+    has = dataset_splits(dataset, data, options=options, plugins=plugins)
+    items, seen = [], set()
+    for split in [s for s in ("train", "val", "test") if s in has] or [None]:
+        ds = build_dataset(dataset, data, split=split, transform=None, options=options, plugins=plugins)
+        samples = getattr(ds, "samples", None)
+        if samples is None:
+            items += [(f"{data}[{len(items)}]", picture) for picture, _ in ds]
+            continue
+        for path, _ in samples:
+            if path not in seen:
+                seen.add(path)
+                items.append(Path(path))
+    if not items:
+        raise DataError(f"{data}: no images ({dataset} format)")
+    return items
+
+
 def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: int = 3, batch_size: int = 32,
                    device: str = "auto", precision: str = "auto", grid: str | None = None,
-                   grid_input: bool = False, plugins=None) -> dict:
-    """Top-k classes of ``images`` (files, folders, globs). ``grid``: also draw the first
+                   grid_input: bool = False, dataset: str | None = None, dataset_options: dict | None = None,
+                   plugins=None) -> dict:
+    """Top-k classes of ``images`` (files, folders, globs; with ``dataset``, the data of that
+    format, e.g. a CSV of labels or shards: every image it holds). ``grid``: also draw the first
     :data:`GRID_MAX` images into this PNG, each captioned with its top class and probability: the
     user's own pictures, or with ``grid_input`` what the model was given (after the eval transform)."""
     import torch
@@ -88,7 +112,12 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
         raise UsageError(f"--top-k {top_k}: must be at least 1")
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
-    paths, skipped = expand_inputs(images)
+    if dataset:
+        if len(images) != 1:
+            raise UsageError(f"--dataset {dataset}: give one DATA to predict, not {len(images)}")
+        paths, skipped = dataset_inputs(images[0], dataset, dataset_options, plugins), []
+    else:
+        paths, skipped = expand_inputs(images)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
@@ -164,11 +193,14 @@ def _decoded_batches(paths, batch_size: int, transform, min_side):
     def decode(chunk):
         kept, tensors, failed = [], [], []
         for p in chunk:
-            try:
-                picture = load_image(p, min_side=min_side)
-            except DataError as exc:
-                failed.append({"path": str(p), "reason": str(exc).removeprefix(f"{p}: ")})
-                continue
+            if isinstance(p, tuple):  # (name, picture) read from a stream
+                p, picture = p
+            else:
+                try:
+                    picture = load_image(p, min_side=min_side)
+                except DataError as exc:
+                    failed.append({"path": str(p), "reason": str(exc).removeprefix(f"{p}: ")})
+                    continue
             kept.append(p)
             tensors.append(transform(picture))
         return kept, tensors, failed
