@@ -93,7 +93,7 @@ def _scan_folders(root: str, has: tuple) -> dict:
 def _read_format(root: str, dataset: str, has: tuple, options, plugins) -> dict:
     """Each split read through the format's plugin: its classes and, per class, the samples' files
     (None where the dataset does not list them) and indices."""
-    splits = {}
+    splits, stream = {}, False
     for name, split in _split_names(has).items():
         ds = build_dataset(dataset, root, split=split, transform=None, options=options, plugins=plugins)
         samples = getattr(ds, "samples", None)
@@ -102,13 +102,14 @@ def _read_format(root: str, dataset: str, has: tuple, options, plugins) -> dict:
             labels = [(int(t), p) for p, t in samples]
         elif targets is not None:
             labels = [(int(t), None) for t in targets]
-        else:  # a stream: read once for its labels
+        else:  # a stream: read (and decoded) once for its labels; an unreadable image stops it
             labels = [(int(y), None) for _, y in ds]
+            stream = True
         classes = {c: [] for c in ds.classes}
         for label, path in labels:
             classes[ds.classes[label]].append(path)
         splits[name] = {"path": root if split is None else f"{root} ({split})", "classes": classes,
-                        "hidden_ignored": 0, "other_files": 0, "dataset": ds}
+                        "hidden_ignored": 0, "other_files": 0, "dataset": None if stream else ds}
     return splits
 
 
@@ -142,7 +143,7 @@ def check_data(root: str, *, dataset: str = "imagefolder", val_split: float | No
                    for name, s in splits.items()},
         "errors": errors, "warnings": warnings, "notes": notes,
     }
-    if deep:
+    if deep or (not folders and any(s["dataset"] is None for s in splits.values())):  # a stream: read whole
         report["unreadable"], report["duplicates"] = _decode_all(splits)
         if report["duplicates"]:
             warnings.append(f"{len(report['duplicates'])} val images are exact copies of train images "
@@ -197,6 +198,8 @@ def _decode_all(splits: dict) -> tuple[list, list]:
 def _decode_split(split: dict):
     from cvkit.images import load_image
 
+    if "dataset" in split and split["dataset"] is None:  # a stream: decoded whole when it was counted
+        return
     ds = split.get("dataset")
     if ds is None:  # class folders: the files themselves
         for path in (p for files in split["classes"].values() for p in files):
@@ -206,10 +209,6 @@ def _decode_split(split: dict):
                 yield {"path": path, "error": str(exc)}
             except OSError as exc:  # decoded, then gone or refused
                 yield {"path": path, "error": f"{path}: cannot read ({exc.strerror or exc})"}
-        return
-    from torch.utils.data import IterableDataset
-
-    if isinstance(ds, IterableDataset):  # a stream was read whole when it was counted
         return
     samples = getattr(ds, "samples", None)
     for i in range(len(ds)):

@@ -201,3 +201,14 @@ def test_quick_benchmark_reports_both_baselines_and_accuracies(tmp_path):
     for line in report["table"]:
         assert {"plain", "cvkit", "ratio", "target", "passed"} <= set(line)
         assert line["passed"] in (True, False, None)
+
+
+@pytest.mark.slow
+def test_quick_shards_benchmark_times_both_sources_in_one_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "shards.py"), "--quick", "--root", str(tmp_path / "data"),
+                           "--workers", "0", "--json"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    folder, shards = result["images_per_second"]["folder"], result["images_per_second"]["shards"]
+    assert len(folder) == len(shards) == 2 and min(folder + shards) > 0
+    assert result["best_ratio"] == pytest.approx(max(shards) / max(folder), rel=1e-3)

@@ -1,4 +1,4 @@
-"""The `cvkit data` group: demo, check, download."""
+"""The `cvkit data` group: demo, check, download, shard."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def data_check_cmd(
         "--quick", metavar="", help="Only the structure: skip decoding and hashing every image.")] = False,
     json: JsonOpt = False,
 ):
-    """Check an image folder before training: class counts, imbalance, empty or missing classes,
+    """Check data before training (any format): class counts, imbalance, empty or missing classes,
     unreadable images, val images duplicated in train. Changes nothing; exit 3 on errors."""
     from cvkit.commands.data import render_check
     from cvkit.datacheck import check_data
@@ -98,7 +98,7 @@ def data_shard_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    data_app = typer.Typer(no_args_is_help=True, help="Make and check image folders.")
+    data_app = typer.Typer(no_args_is_help=True, help="Make, check and convert training data.")
     app.add_typer(data_app, name="data", rich_help_panel="Data")
     data_app.command("demo")(data_demo_cmd)
     data_app.command("check")(data_check_cmd)

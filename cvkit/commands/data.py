@@ -96,7 +96,8 @@ def render_check(report: dict) -> None:
     splits = report["splits"]
     classes = sorted({c for s in splits.values() for c in s["classes"]})
     say = lambda text: ui.out.print(text, soft_wrap=True)  # noqa: E731  (paths stay whole, never wrapped)
-    say(f"[bold]{esc(report['root'])}[/] ({report['layout']} layout)")
+    layout = "its own train and val splits" if report["layout"] == "folders" else "no validation split"
+    say(f"[bold]{esc(report['root'])}[/] ({esc(report.get('dataset', 'imagefolder'))}: {layout})")
     table = Table()
     table.add_column("class")
     for name in splits:
