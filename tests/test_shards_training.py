@@ -7,7 +7,6 @@ every sample each process yields (shard and key), so the test counts what each p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -47,12 +46,15 @@ def register_datasets(register):
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     """A shapes tree (4 classes x 12 train + 3 val) and its shards of 6 images."""
-    root = tmp_path_factory.mktemp("sharded")
-    make_shapes(root / "tree", train_per_class=12, val_per_class=3, size=32, seed=11)
-    r = run_cvkit("data", "shard", str(root / "tree"), str(root / "shards"), "--shard-size", "6", "--json")
+    return _shapes_and_shards(tmp_path_factory.mktemp("sharded"), per_class=(12, 3), shard_size=6)
+
+
+def _shapes_and_shards(root: Path, *, per_class: tuple[int, int], shard_size: int):
+    """``root/tree`` (shapes, 32 px) and ``root/shards`` written from it by ``cvkit data shard``."""
+    make_shapes(root / "tree", train_per_class=per_class[0], val_per_class=per_class[1], size=32, seed=11)
+    r = run_cvkit("data", "shard", str(root / "tree"), str(root / "shards"), "--shard-size", str(shard_size), "--json")
     assert r.returncode == 0, r.stderr
-    manifest = json.loads(r.stdout)
-    return root / "tree", root / "shards", manifest
+    return root / "tree", root / "shards", json.loads(r.stdout)
 
 
 def _logged_plugin(tmp_path: Path) -> dict:
@@ -104,11 +106,7 @@ def test_two_processes_read_disjoint_shards_each_sample_once(sharded, tmp_path):
 @pytest.fixture(scope="module")
 def learnable(tmp_path_factory):
     """Enough shapes for net to learn (4 classes x 80 train + 20 val, 32 px) and their shards of 40."""
-    root = tmp_path_factory.mktemp("learnable")
-    make_shapes(root / "tree", train_per_class=80, val_per_class=20, size=32, seed=11)
-    r = run_cvkit("data", "shard", str(root / "tree"), str(root / "shards"), "--shard-size", "40", "--json")
-    assert r.returncode == 0, r.stderr
-    return root / "tree", root / "shards"
+    return _shapes_and_shards(tmp_path_factory.mktemp("learnable"), per_class=(80, 20), shard_size=40)
 
 
 def test_shards_train_like_their_folder_and_evaluate_identically(learnable, tmp_path):
@@ -116,7 +114,7 @@ def test_shards_train_like_their_folder_and_evaluate_identically(learnable, tmp_
     samples, so their best validation accuracies agree within 0.075 (6 of 80 images; measured:
     0.925 and 0.9 with seed 3, 0.975 and 0.975 with seed 4). One checkpoint evaluated on the
     folder's val/ and on the val shards gives the very same numbers: the shards hold the same bytes."""
-    tree, shards = learnable
+    tree, shards, _ = learnable
     common = ["--model", "net", "--epochs", "15", "--batch-size", "8", "--lr", "0.02", "--workers", "0",
               "--seed", "3", "--json"]
     folder = run_cvkit("train", str(tree), *common, "--out", str(tmp_path / "folder"))
@@ -130,3 +128,25 @@ def test_shards_train_like_their_folder_and_evaluate_identically(learnable, tmp_
     assert on_folder["images"] == on_shards["images"] == 80
     assert on_folder["accuracy"] == on_shards["accuracy"]
     assert on_folder["loss"] == pytest.approx(on_shards["loss"], abs=1e-6)
+
+
+def test_eval_predict_preview_and_check_read_shards(sharded, tmp_path):
+    _, shards, _ = sharded
+    r = run_cvkit("train", str(shards), "--dataset", "webdataset", "--model", "net", "--epochs", "1",
+                  "--batch-size", "8", "--workers", "0", "--out", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr
+    ev = run_cvkit("eval", "-c", str(tmp_path / "run"), "--json")  # the run's own val shards
+    assert ev.returncode == 0 and json.loads(ev.stdout)["images"] == 12, ev.stderr
+    pr = run_cvkit("predict", str(shards), "--dataset", "webdataset", "-c", str(tmp_path / "run"), "--json",
+                   "--grid", str(tmp_path / "grid.png"))
+    assert pr.returncode == 0, pr.stderr
+    names = [row["path"] for row in json.loads(pr.stdout)]
+    assert len(names) == len(set(names)) == 60 and names[0] == f"{shards}[0]"  # 48 train + 12 val samples
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    pv = run_cvkit("preview", str(shards), "--dataset", "webdataset", "--out", str(tmp_path / "p.png"))
+    assert pv.returncode == 0 and (tmp_path / "p.png").stat().st_size > 0, pv.stderr
+    ck = run_cvkit("data", "check", str(shards), "--dataset", "webdataset", "--json")
+    assert ck.returncode == 0, ck.stderr
+    report = json.loads(ck.stdout)
+    assert report["splits"]["train"]["images"] == 48 and report["splits"]["val"]["images"] == 12
+    assert report["unreadable"] == [] and report["errors"] == []

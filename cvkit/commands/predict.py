@@ -82,7 +82,8 @@ def dataset_inputs(data: str, dataset: str, options: dict | None, plugins) -> li
         ds = build_dataset(dataset, data, split=split, transform=None, options=options, plugins=plugins)
         samples = getattr(ds, "samples", None)
         if samples is None:
-            items += [(f"{data}[{len(items)}]", picture) for picture, _ in ds]
+            start = len(items)
+            items += [(f"{data}[{start + i}]", picture) for i, (picture, _) in enumerate(ds)]
             continue
         for path, _ in samples:
             if path not in seen:
