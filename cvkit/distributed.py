@@ -229,15 +229,11 @@ class ShardSampler:
         return len(self.indices)
 
 
-def _streams(dataset) -> bool:
-    """A stream (``IterableDataset``) divides its shards among processes itself."""
-    from torch.utils.data import IterableDataset
-
-    return isinstance(dataset, IterableDataset)
-
-
 def train_sampler(dataset, info: Dist, seed: int):
-    if not info.enabled or _streams(dataset):
+    """None for a stream too: it divides its shards among the processes itself."""
+    from cvkit.data import is_stream
+
+    if not info.enabled or is_stream(dataset):
         return None
     from torch.utils.data.distributed import DistributedSampler
 
@@ -245,7 +241,9 @@ def train_sampler(dataset, info: Dist, seed: int):
 
 
 def eval_sampler(dataset, info: Dist):
-    return ShardSampler(len(dataset), info.rank, info.world) if info.enabled and not _streams(dataset) else None
+    from cvkit.data import is_stream
+
+    return ShardSampler(len(dataset), info.rank, info.world) if info.enabled and not is_stream(dataset) else None
 
 
 def per_process_batch(batch_size: int, info: Dist) -> int:

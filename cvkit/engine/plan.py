@@ -31,6 +31,7 @@ class Plan:
     extract_seconds: float = 0.0  # feature extraction and decoding: counted in epoch one's training time
     cached_features: bool = False
     frozen_backbone: bool = False
+    stream: bool = False  # the training data is an IterableDataset (shards)
 
 
 def make_loaders(run) -> Plan:
@@ -57,7 +58,7 @@ def make_loaders(run) -> Plan:
                                seed=config.seed, sampler=distributed.train_sampler(splits.train, info, config.seed))
     val_loader = make_loader(splits.val, batch_size=run.batch, shuffle=False, workers=workers, device=device,
                              seed=config.seed, sampler=distributed.eval_sampler(splits.val, info))
-    return Plan(workers, deterministic, decoded, train_loader, val_loader)
+    return Plan(workers, deterministic, decoded, train_loader, val_loader, stream=stream)
 
 
 def choose_phase_model(run, plan: Plan, checkpoint) -> None:
@@ -65,7 +66,7 @@ def choose_phase_model(run, plan: Plan, checkpoint) -> None:
     model, spec = run.model, run.spec
     plan.phase_model = model
     # a stream's features would be this process's shards only, and a new order each epoch
-    head = None if is_stream(run.splits.train) else cacheable_head(model, spec.head, plan.deterministic)
+    head = None if plan.stream else cacheable_head(model, spec.head, plan.deterministic)
     if head is not None:
         _cache_features(run, plan, head, checkpoint)
     elif (frozen := frozen_head(model, spec.head)) is not None:
