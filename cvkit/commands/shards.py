@@ -83,39 +83,23 @@ def _claim(out: str) -> tuple[Path, bool]:
 
 
 def source_splits(data: str, dataset: str, *, val_split, seed: int, options=None, plugins=None):
-    """``({split: (dataset, indices)}, classes)``: the splits the format lists (val's labels in
-    train's class order), or a seeded stratified split (``val_split``) when it has no val."""
-    from cvkit.build import build_dataset, dataset_splits
-    from cvkit.data import is_stream, no_val_message, reconcile, stratified_split
+    """``({split: (dataset, indices)}, classes)``: DATA's splits exactly as ``cvkit train`` makes
+    them (``cvkit.data.load_splits``, without transforms): the format's own, or a seeded stratified
+    ``val_split`` of data without a validation split."""
+    from torch.utils.data import Subset
 
-    def build(split):
-        ds = build_dataset(dataset, data, split=split, transform=None, options=options, plugins=plugins)
+    from cvkit.data import is_stream, load_splits
+
+    splits = load_splits(data, dataset=dataset, train_transform=None, eval_transform=None, val_split=val_split,
+                         seed=seed, options=options, plugins=plugins)
+    result = {}
+    for name in ("train", "val"):
+        ds = getattr(splits, name)
         if is_stream(ds):
             raise UsageError(f"--dataset {dataset}: {data} is read as a stream, which cvkit data shard "
                              f"cannot index; it is shards already")
-        return ds
-
-    listed = dataset_splits(dataset, data, options=options, plugins=plugins)
-    if "val" in listed:
-        if val_split:
-            raise UsageError(f"--val-split {val_split:g}: {data} has a validation split of its own, which "
-                             f"cvkit does not split again; leave --val-split out")
-        train = build("train")
-        val = reconcile(train, build("val"), str(data))
-        return {"train": (train, range(len(train))), "val": (val, range(len(val)))}, list(train.classes)
-    if not val_split:
-        raise DataError(no_val_message(str(data)))
-    full = build("train" if "train" in listed else None)
-    train_idx, val_idx = stratified_split(_targets(full), val_split, seed)
-    return {"train": (full, train_idx), "val": (full, val_idx)}, list(full.classes)
-
-
-def _targets(ds) -> list[int]:
-    for attr in ("targets", "samples"):
-        values = getattr(ds, attr, None)
-        if values is not None:
-            return [int(v[1] if attr == "samples" else v) for v in values]
-    return [int(ds[i][1]) for i in range(len(ds))]
+        result[name] = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, range(len(ds)))
+    return result, list(splits.classes)
 
 
 def balanced_sizes(count: int, shard_size: int) -> list[int]:
