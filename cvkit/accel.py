@@ -161,7 +161,7 @@ def frozen_head(model, head: str | None) -> str | None:
     own ``train()`` leaves every module outside the head in eval mode (as resnet18-frozen does), so
     the backbone computes the same function in training and in evaluation.
     """
-    if not head or not hasattr(model, head):
+    if not head or not has_layer(model, head):
         return None
     prefix = head + "."
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -191,12 +191,27 @@ def _headless(model, head: str):
     yields the head."""
     from torch import nn
 
-    layer = getattr(model, head)
-    setattr(model, head, nn.Identity())
+    layer = model.get_submodule(head)
+    set_layer(model, head, nn.Identity())
     try:
         yield layer
     finally:
-        setattr(model, head, layer)
+        set_layer(model, head, layer)
+
+
+def has_layer(model, path: str) -> bool:
+    """Whether ``model`` has the submodule ``path`` (dotted: ``fc``, ``classifier.3``, ``heads.head``)."""
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def set_layer(model, path: str, layer) -> None:
+    """Put ``layer`` at the dotted ``path`` of ``model``."""
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, layer)
 
 
 def frozen_backbone_model(model, head: str):

@@ -23,7 +23,9 @@ class ModelSpec:
     std: tuple[float, ...]
     default_transforms: str | None
     help: str
-    head: str | None = None  # the final classifier layer's attribute, when the plugin names it
+    head: str | None = None  # the final classifier layer (a dotted path: fc, classifier.3), when named
+    resize: int | None = None  # the eval transform's Resize before the crop (None: 256/224 of the input)
+    interpolation: str = "bilinear"  # of the resizes: bilinear, bicubic, nearest
 
     @classmethod
     def from_entry(cls, entry: Entry) -> "ModelSpec":
@@ -31,7 +33,8 @@ class ModelSpec:
             name=entry.name, plugin=entry.plugin, input_size=entry.meta["input_size"],
             mean=entry.meta["mean"], std=entry.meta["std"],
             default_transforms=entry.meta.get("default_transforms"), help=entry.help,
-            head=entry.meta.get("head"),
+            head=entry.meta.get("head"), resize=entry.meta.get("resize"),
+            interpolation=entry.meta.get("interpolation") or "bilinear",
         )
 
 
@@ -63,11 +66,16 @@ def _check_weights_model(path: str, name: str) -> None:
 
 def build_transform(spec: ModelSpec, name: str | None = None, *, train: bool,
                     options: dict | None = None, plugins: Plugins | None = None):
-    """The transform ``name`` (default: the model's own default, else ``plain``) sized for ``spec``."""
+    """The transform ``name`` (default: the model's own default, else ``plain``) sized for ``spec``;
+    ``resize`` and ``interpolation`` go to factories that take them."""
+    import inspect
+
     plugins = plugins or get_plugins()
     entry = plugins["transforms"].get(name or spec.default_transforms or "plain", option="--transforms")
+    takes = inspect.signature(entry.build).parameters
+    hints = {k: v for k, v in (("resize", spec.resize), ("interpolation", spec.interpolation)) if k in takes}
     return entry.create(train=train, input_size=spec.input_size, mean=spec.mean, std=spec.std,
-                        options=options)
+                        options=options, **hints)
 
 
 def build_loss(name: str, *, options: dict | None = None, plugins: Plugins | None = None):
@@ -120,6 +128,8 @@ def dataset_splits(name: str, root: str, *, options: dict | None = None, plugins
 
 
 def decode_min_side(spec: ModelSpec) -> int:
-    """The shorter image side the built-in transforms need at least: the chapter's eval Resize is
-    256/224 of the input size, and its RandomResizedCrop output is the input size."""
+    """The shorter image side the built-in transforms need at least: the eval Resize (the model's
+    ``resize``, else 256/224 of the input size); the RandomResizedCrop output is the input size."""
+    if spec.resize:
+        return max(spec.resize, *spec.input_size[1:])
     return round(max(spec.input_size[1:]) * 256 / 224)

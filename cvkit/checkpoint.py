@@ -130,6 +130,18 @@ def load_state_dict(path, *, option: str = "--weights") -> dict:
     return obj
 
 
+def load_model_state(model, state: dict, *, strict: bool = True):
+    """``model.load_state_dict(state)``, with the model's own module versions where ``state`` has
+    none (a cvkit checkpoint stores plain tensors by name): modules that convert old layouts on
+    loading (torchvision's mnasnet) need them."""
+    from collections import OrderedDict
+
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = getattr(model.state_dict(), "_metadata", None)
+    return model.load_state_dict(state, strict=strict)
+
+
 def load_weights_into(model, path, *, head: str | None = None, option: str = "--weights") -> list[str]:
     """Load the weights file ``path`` into ``model``; returns the keys left at their initial values.
 
@@ -164,7 +176,7 @@ def load_weights_into(model, path, *, head: str | None = None, option: str = "--
         if unexpected:
             parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
         raise CheckpointError(f"{option} {path}: weights do not fit the model ({'; '.join(parts)})")
-    model.load_state_dict(state, strict=False)
+    load_model_state(model, state, strict=False)
     return reset
 
 
@@ -204,7 +216,8 @@ def make_checkpoint(*, model, spec, classes, transform_name, transform, config: 
         "model": {
             "name": spec.name, "plugin": spec.plugin, "num_classes": len(classes),
             "input_size": list(spec.input_size), "mean": list(spec.mean), "std": list(spec.std),
-            "default_transforms": spec.default_transforms,
+            "default_transforms": spec.default_transforms, "resize": spec.resize,
+            "interpolation": spec.interpolation,
         },
         "classes": list(classes),
         "transform": {"name": transform_name, "train": False, "input_size": list(spec.input_size),

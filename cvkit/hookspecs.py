@@ -27,7 +27,9 @@ def register_models(register):
     the model expects; ``default_transforms`` names the transforms used when the user names none;
     ``head`` (optional) names the attribute of the final classifier layer, promising that
     ``forward(x)`` equals ``head(f(x))`` where ``f`` is the model with that layer replaced by
-    ``nn.Identity()``: with a frozen backbone, cvkit may then cache ``f(x)``.
+    ``nn.Identity()``: with a frozen backbone, cvkit may then cache ``f(x)``; it may be a dotted
+    path (``classifier.3``). Optional: ``resize`` (the eval transform's resize before the crop),
+    ``interpolation`` (``bilinear``, ``bicubic``), ``family`` (the group ``cvkit list`` counts).
     """
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cvkit.accel import for_inference
 from cvkit.build import ModelSpec, build_model, build_transform
-from cvkit.checkpoint import find_checkpoint, load_checkpoint
+from cvkit.checkpoint import find_checkpoint, load_checkpoint, load_model_state
 from cvkit.errors import CheckpointError, PluginError, UsageError
 from cvkit.plugins import get_plugins
 
@@ -27,12 +27,13 @@ def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugi
                           f"is not installed; install the plugin that provides it (see `cvkit list models`)")
     spec = ModelSpec(name=info["name"], plugin=info.get("plugin", "?"), input_size=tuple(info["input_size"]),
                      mean=tuple(info["mean"]), std=tuple(info["std"]),
-                     default_transforms=info.get("default_transforms"), help="")
+                     default_transforms=info.get("default_transforms"), help="", resize=info.get("resize"),
+                     interpolation=info.get("interpolation") or "bilinear")
     options = (ckpt.get("config") or {}).get("options") or {}
     model = build_model(spec.name, num_classes=len(ckpt["classes"]), weights="none",
                         options=options.get("model"), plugins=plugins)
     try:
-        model.load_state_dict(ckpt["model_state"])
+        load_model_state(model, ckpt["model_state"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{option} {path}: weights do not fit model {spec.name!r} "

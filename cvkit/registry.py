@@ -26,6 +26,9 @@ KINDS = {
 }
 
 
+AVAILABLE_NAMED = 12  # an unknown name's error lists the names up to this many, else counts them
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered factory and what its plugin said about it."""
@@ -144,10 +147,10 @@ class Registry:
                 f"uninstall one or skip it with CVKIT_DISABLE_PLUGINS=NAME"
             )
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+            names = self.names()
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UsageError(
-                f"{where}unknown {self.kind} {name!r}.{hint} "
-                f"Available: {', '.join(self.names()) or 'none'} (see `cvkit list {self.name}`)"
-            )
+            available = (f"Available: {', '.join(names) or 'none'}" if len(names) <= AVAILABLE_NAMED
+                         else f"{len(names)} {self.name} available")  # a model zoo: counted, not named
+            raise UsageError(f"{where}unknown {self.kind} {name!r}.{hint} {available} (see `cvkit list {self.name}`)")
         return self._entries[name]

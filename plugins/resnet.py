@@ -6,55 +6,17 @@ dropped when its class count differs).
 """
 
 import cvkit
-from cvkit.errors import CheckpointError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _HubMessages:
-    """torch.hub's output on its way to stderr, without its ``Downloading: "URL" to PATH`` line:
-    offline, cvkit's error is then the only line; a download in progress still shows its bar."""
-
-    def __init__(self, target):
-        self.target, self.downloaded = target, False
-
-    def write(self, text: str) -> int:
-        if text.startswith("Downloading: "):
-            self.downloaded = True
-            return len(text)
-        return self.target.write(text)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def isatty(self) -> bool:
-        return self.target.isatty()
-
-
 def _imagenet_state_dict():
-    import contextlib
-    import sys
-
     from torchvision.models import ResNet18_Weights
 
-    weights = ResNet18_Weights.IMAGENET1K_V1
-    hub = _HubMessages(sys.stderr)
-    try:
-        # stdout stays for results (--json) only
-        with contextlib.redirect_stdout(hub), contextlib.redirect_stderr(hub):
-            state = weights.get_state_dict(progress=True, check_hash=True)
-        if hub.downloaded:
-            from cvkit import ui
+    from cvkit_plugins.hub import imagenet_state_dict
 
-            ui.err.print(f"cvkit: downloaded resnet18's ImageNet weights ({weights.url}) into torch's cache",
-                         markup=False, highlight=False, soft_wrap=True)
-        return state
-    except (OSError, RuntimeError) as exc:  # URLError, socket errors, hash mismatch
-        raise CheckpointError(
-            f"--weights imagenet: cannot download resnet18's ImageNet weights from {weights.url} "
-            f"({type(exc).__name__}: {exc}); offline, use --weights none (random initialisation) "
-            f"or --weights PATH (a local state dict or cvkit checkpoint)") from None
+    return imagenet_state_dict(ResNet18_Weights.IMAGENET1K_V1, "resnet18")
 
 
 def _build(num_classes: int, weights: str | None, frozen: bool):
@@ -90,7 +52,7 @@ def register_models(register):
     # head="fc": forward(x) == fc(the rest of the net with fc replaced by Identity), so cvkit may
     # cache the frozen backbone's features when the training transform is deterministic
     common = dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  default_transforms="chapter", head="fc")
+                  default_transforms="chapter", head="fc", family="resnet")
     register("resnet18-finetune", build_finetune, **common,
              help="torchvision resnet18 with a new fc; every parameter trains")
     # unfrozen: the model to name when this one cannot learn (--weights none leaves the frozen

@@ -23,28 +23,39 @@ class ToChannels:
         return f"ToChannels(mode={self.mode!r})"
 
 
-def build_chapter(*, train: bool, input_size, mean, std, scale=(0.08, 1.0), flip: float = 0.5):
+def _mode(interpolation: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(interpolation)
+
+
+def build_chapter(*, train: bool, input_size, mean, std, scale=(0.08, 1.0), flip: float = 0.5,
+                  resize: int | None = None, interpolation: str = "bilinear"):
+    """``resize`` and ``interpolation``: the model's (e.g. convnext_tiny: 236, bilinear)."""
     from torchvision import transforms as T
 
     channels, height, width = input_size
+    mode = _mode(interpolation)
     if train:
-        steps = [T.RandomResizedCrop((height, width), scale=tuple(scale)), T.RandomHorizontalFlip(flip)]
+        steps = [T.RandomResizedCrop((height, width), scale=tuple(scale), interpolation=mode),
+                 T.RandomHorizontalFlip(flip)]
     else:
-        steps = [T.Resize(round(min(height, width) * 256 / 224)), T.CenterCrop((height, width))]
+        steps = [T.Resize(resize or round(min(height, width) * 256 / 224), interpolation=mode),
+                 T.CenterCrop((height, width))]
     return T.Compose([ToChannels(channels), *steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def build_plain(*, train: bool, input_size, mean, std):
+def build_plain(*, train: bool, input_size, mean, std, interpolation: str = "bilinear"):
     from torchvision import transforms as T
 
     channels, height, width = input_size
-    return T.Compose([ToChannels(channels), T.Resize(min(height, width)), T.CenterCrop((height, width)),
-                      T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([ToChannels(channels), T.Resize(min(height, width), interpolation=_mode(interpolation)),
+                      T.CenterCrop((height, width)), T.ToTensor(), T.Normalize(mean, std)])
 
 
 @cvkit.hookimpl
 def register_transforms(register):
     register("chapter", build_chapter,
-             help="train: RandomResizedCrop + RandomHorizontalFlip; eval: Resize(size*256/224) + CenterCrop; then Normalize")
+             help="train: RandomResizedCrop + RandomHorizontalFlip; eval: Resize (the model's, else size*256/224) + CenterCrop; then Normalize")
     register("plain", build_plain, deterministic=True,
              help="deterministic Resize + CenterCrop + Normalize, for train and eval")

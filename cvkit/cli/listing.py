@@ -33,7 +33,7 @@ def list_cmd(
     from cvkit.commands.listing import list_entries, render_entries
 
     report = list_entries(get_plugins(), kind, pattern)
-    ui.print_json(report) if json else render_entries(report)
+    ui.print_json(report) if json else render_entries(report, summarise=kind is None and pattern is None)
 
 
 def register(app: typer.Typer) -> None:

@@ -36,7 +36,8 @@ def list_entries(plugins: Plugins, kind: str | None = None, pattern: str | None 
             if name == "models":
                 row.update(input_size=list(entry.meta["input_size"]), mean=list(entry.meta["mean"]),
                            std=list(entry.meta["std"]),
-                           default_transforms=entry.meta.get("default_transforms"))
+                           default_transforms=entry.meta.get("default_transforms"),
+                           family=entry.meta.get("family"))
             rows.append(row)
         for conflicted, entries in reg.conflicts.items():
             rows.append({"name": conflicted, "plugin": ", ".join(e.plugin for e in entries),
@@ -71,13 +72,43 @@ def render_plugins(report: dict) -> None:
         ui.out.print("No plugins found: is cvkit installed (pip install -e .)?")
 
 
-def render_entries(report: dict) -> None:
+SUMMARY_OVER = 30  # `cvkit list` shows more models than this as a count per family
+
+
+def render_family_counts(rows: list[dict]) -> None:
+    """The models as one row per family (a zoo's hundreds stay readable), with how to see them."""
+    from rich.table import Table
+
+    from cvkit import ui
+
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        families.setdefault(r.get("family") or r["name"], []).append(r)
+    table = Table(title=f"models: {len(rows)} in {len(families)} families", title_justify="left")
+    for column in ("family", "models", "plugin", "for example", "to see them"):
+        table.add_column(column, justify="right" if column == "models" else "left")
+    for family, members in sorted(families.items()):
+        names = [r["name"] for r in members]
+        plugins = ", ".join(sorted({r["plugin"] for r in members}))
+        shown = f"cvkit list models '{family}*'" if len(names) > 1 else f"cvkit list models {names[0]}"
+        table.add_row(family, str(len(names)), plugins, names[0], shown)
+    ui.print_fitted(table, drop=("to see them", "plugin", "for example"))
+    for r in (r for r in rows if r.get("conflict")):  # named, never hidden in a count
+        ui.out.print(f"[red]{r['name']}: {r['help']} ({r['plugin']})[/]", soft_wrap=True)
+
+
+def render_entries(report: dict, *, summarise: bool = False) -> None:
+    """One table per kind; with ``summarise`` (``cvkit list`` alone), a long list of models as
+    counts per family."""
     from rich.markup import escape
     from rich.table import Table
 
     from cvkit import ui
 
     for name, rows in report.items():
+        if summarise and name == "models" and len(rows) > SUMMARY_OVER:
+            render_family_counts(rows)
+            continue
         table = Table(title=name, title_justify="left")
         table.add_column("name", style="bold", no_wrap=True)
         table.add_column("plugin")

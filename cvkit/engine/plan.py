@@ -109,7 +109,7 @@ def _cache_features(run, plan: Plan, head: str, checkpoint) -> None:
     val_features = TensorDataset(*extract_features(run.model, head, plan.val_loader, device=device,
                                                    precision=run.precision))
     plan.extract_seconds = time.perf_counter() - t0
-    plan.phase_model = getattr(run.model, head)
+    plan.phase_model = run.model.get_submodule(head)
     plan.train_loader = make_loader(train_features, batch_size=batch, shuffle=True, workers=0, device=device,
                                     seed=config.seed,
                                     sampler=distributed.train_sampler(train_features, run.info, config.seed))

@@ -11,7 +11,7 @@ from pathlib import Path
 from cvkit import ui
 from cvkit.build import (build_loss, build_model, build_optimizer, build_scheduler, build_transform,
                          decode_min_side, model_spec)
-from cvkit.checkpoint import find_checkpoint, load_checkpoint
+from cvkit.checkpoint import find_checkpoint, load_checkpoint, load_model_state
 from cvkit.config import write_config
 from cvkit.data import load_splits
 from cvkit.device import resolve_precision
@@ -87,7 +87,7 @@ def build_training(run, checkpoint) -> None:
     model = build_model(config.model, num_classes=len(run.classes), weights=weights,
                         options=opts.get("model"), plugins=plugins)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model_state"])
+        load_model_state(model, checkpoint["model_state"])
     model.to(run.device)
     run.run_record["channels_last"] = use_channels_last(model)
     if run.run_record["channels_last"]:

@@ -1,0 +1,118 @@
+"""The torchvision model zoo (plugins/torchvision_zoo.py): every classifier torchvision lists, as
+NAME-finetune and NAME-frozen, trained, evaluated and used offline with ``--weights none``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from cvkit_plugins.demo import make_shapes
+from cvkit_plugins.torchvision_table import TABLE
+
+# one small model of each of 11 families (vit, convnext and swin among them), inception_v3 at 299
+FAMILIES = ["mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5", "mnasnet0_5", "regnet_x_400mf",
+            "efficientnet_b0", "convnext_tiny", "vit_b_16", "swin_t", "googlenet", "inception_v3"]
+
+
+def test_the_table_is_what_the_installed_torchvision_says():
+    from torchvision import models
+
+    assert sorted(TABLE) == sorted(models.list_models(module=models))
+    for name, entry in TABLE.items():
+        weights = models.get_model_weights(name).DEFAULT
+        preset = weights.transforms()
+        assert entry["weights"] == weights.name, name
+        assert (entry["crop"], entry["resize"]) == (preset.crop_size[0], preset.resize_size[0]), name
+        assert entry["interpolation"] == preset.interpolation.value, name
+        assert (entry["mean"], entry["std"]) == (tuple(preset.mean), tuple(preset.std)), name
+        assert entry["params"] == weights.meta["num_params"], name
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["vgg11", "densenet121", "alexnet", "maxvit_t", "wide_resnet50_2"])
+def test_the_head_is_the_last_layer_with_a_thousand_outputs(name):
+    from torchvision import models
+
+    with warnings.catch_warnings(), torch.device("cpu" if name.startswith("regnet") else "meta"):
+        warnings.simplefilter("ignore", FutureWarning)  # regnet's builder computes on tensors: not on meta
+        model = models.get_model(name, weights=None)
+    head = model.get_submodule(TABLE[name]["head"])
+    assert getattr(head, "out_features", None) == 1000 or getattr(head, "out_channels", None) == 1000
+
+
+def test_listing_a_family_and_counting_them_all(cli):
+    r = cli("list", "models", "efficientnet*", "--json")
+    names = [row["name"] for row in json.loads(r.out)["models"]]
+    expected = sorted(f"{n}-{kind}" for n in TABLE if n.startswith("efficientnet") for kind in ("finetune", "frozen"))
+    assert names == expected and len(names) == 22  # b0-b7 and v2_s, v2_m, v2_l
+    overview = cli("list")
+    assert overview.code == 0 and "models: " in overview.out and "cvkit list models 'efficientnet*'" in overview.out
+    assert "efficientnet_b0-frozen " not in overview.out  # counted per family, not listed
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo") / "shapes"
+    make_shapes(root, train_per_class=2, val_per_class=1, size=32, seed=2, classes=("circle", "square", "star"))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_family_trains_evaluates_and_predicts_offline(cli, tiny, tmp_path, name):
+    kind = "frozen" if name in ("vit_b_16", "convnext_tiny", "swin_t") else "finetune"  # the big ones: the head
+    model = f"{name}-{kind}"
+    run = tmp_path / "run"
+    r = cli("train", str(tiny), "--model", model, "--weights", "none", "--epochs", "1", "--batch-size", "3",
+            "--workers", "0", "--out", str(run), "--json")
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["classes"] == ["circle", "square", "star"] and summary["epochs_run"] == 1
+    ev = cli("eval", "-c", str(run), "--json")
+    assert ev.code == 0 and json.loads(ev.out)["images"] == 3, ev.err
+    pr = cli("predict", str(tiny / "val"), "-c", str(run), "--json")
+    assert pr.code == 0, pr.err
+    rows = json.loads(pr.out)
+    assert len(rows) == 3 and all(r["predictions"][0]["label"] in summary["classes"] for r in rows)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "vit_b_16", "inception_v3"])
+def test_frozen_keeps_the_backbone_bit_identical_and_only_the_head_trains(name):
+    from cvkit.build import build_model, build_optimizer
+
+    model = build_model(f"{name}-frozen", num_classes=3, weights="none")
+    head = TABLE[name]["head"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer("sgd", [p for p in model.parameters() if p.requires_grad], lr=0.1)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {f"{head}.weight", f"{head}.bias"}
+    model.train()
+    assert not any(m.training for n, m in model.named_modules() if n and not n.startswith(head))
+    size = TABLE[name]["crop"]
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, size, size)), torch.tensor([0, 1, 2, 0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"{head}.weight", f"{head}.bias"}  # BatchNorm buffers included: nothing else moved
+
+
+def test_weights_none_gives_resnets_zero_init_residual():
+    from cvkit.build import build_model
+
+    model = build_model("resnet50-finetune", num_classes=3, weights="none")
+    last_bns = [block.bn3.weight for layer in (model.layer1, model.layer4) for block in layer]
+    assert all(torch.count_nonzero(w) == 0 for w in last_bns)
+
+
+def test_imagenet_weights_offline_say_what_to_do_in_one_line(cli, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a closed port: no download
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    r = cli("train", str(tiny), "--model", "mobilenet_v3_small-frozen", "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert r.code != 0
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--weights none" in lines[0] and "mobilenet_v3_small" in lines[0], r.err
