@@ -28,9 +28,12 @@ def build(num_classes: int, weights: str | None = None, *, name: str, frozen: bo
 
 def _describe(name: str) -> dict:
     entry = TABLE[name]
+    # head= promises forward(x) == head(rest(x)): only where the head is the last layer (not
+    # squeezenet's, whose class-score convolution is followed by a ReLU and a pooling)
     return dict(input_size=(3, entry["crop"], entry["crop"]), mean=entry["mean"], std=entry["std"],
-                resize=entry["resize"], interpolation=entry["interpolation"], head=entry["head"],
-                family=entry["family"], default_transforms="chapter")
+                resize=entry["resize"], interpolation=entry["interpolation"],
+                head=entry["head"] if entry["head_is_last"] else None, family=entry["family"],
+                default_transforms="chapter")
 
 
 @cvkit.hookimpl
@@ -58,17 +61,18 @@ def make_table() -> dict:
         weights = models.get_model_weights(name).DEFAULT
         preset = weights.transforms()
         family = family_of(name)
-        head = _head_of(name, torch, models)
+        head, last = _head_of(name, torch, models) or (None, None)
         if head:
-            heads.setdefault(family, head)
+            heads.setdefault(family, (head, last))
         table[name] = {"family": family, "crop": int(preset.crop_size[0]), "resize": int(preset.resize_size[0]),
                        "interpolation": preset.interpolation.value, "mean": tuple(preset.mean),
-                       "std": tuple(preset.std), "head": head, "weights": weights.name,
+                       "std": tuple(preset.std), "head": head, "head_is_last": last, "weights": weights.name,
                        "params": int(weights.meta["num_params"])}
     for name, entry in sorted(table.items(), key=lambda item: item[1]["params"]):
         if entry["family"] not in heads:  # no member builds on the meta device: the smallest on the CPU
             heads[entry["family"]] = _head_of(name, torch, models, device="cpu")
-        entry["head"] = entry["head"] or heads[entry["family"]]
+        if not entry["head"]:
+            entry["head"], entry["head_is_last"] = heads[entry["family"]]
     return table
 
 
@@ -78,18 +82,21 @@ def family_of(name: str) -> str:
     return re.match(r"[a-z]+(_v\d|_resnet)?", name).group()
 
 
-def _head_of(name: str, torch, models, device: str = "meta") -> str | None:
+def _head_of(name: str, torch, models, device: str = "meta") -> tuple | None:
+    """(the head's path, whether it is the model's last layer), or None where it cannot be built."""
     try:
         with torch.device(device):
             model = models.get_model(name, weights=None)
     except Exception:  # noqa: BLE001 - some builders compute on tensors (regnet): use the family's
         return None
-    head = None
+    head, last = None, None
     for path, module in model.named_modules():
         outputs = getattr(module, "out_features", None) or getattr(module, "out_channels", None)
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and outputs == 1000:
             head = path
-    return head
+        if not list(module.children()):
+            last = path
+    return head, head == last
 
 
 def write_table(path: str) -> None:

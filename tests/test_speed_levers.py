@@ -27,17 +27,19 @@ def _train(cli, data, out, *args):
 
 
 @pytest.mark.slow
-def test_cached_backbone_features_train_the_same_head(cli, shapes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model, head", [("resnet18-frozen", "fc"), ("mobilenet_v3_small-frozen", "classifier.3"),
+                                         ("efficientnet_b0-frozen", "classifier.1")])
+def test_cached_backbone_features_train_the_same_head(cli, shapes, tmp_path, monkeypatch, model, head):
     # fp32: the uncached run goes through the fused backbone, whose rounding differs in bf16
-    args = ["--model", "resnet18-frozen", "--weights", "none", "--transforms", "plain", "--precision", "fp32"]
+    args = ["--model", model, "--weights", "none", "--transforms", "plain", "--precision", "fp32"]
     fast, cached = _train(cli, shapes, tmp_path / "cached", *args)
     monkeypatch.setenv("CVKIT_NO_CACHE", "1")
     slow, plain = _train(cli, shapes, tmp_path / "plain", *args)
     assert cached["run"]["cached_features"] is True and plain["run"]["cached_features"] is False
-    for key in ("fc.weight", "fc.bias"):
+    for key in (f"{head}.weight", f"{head}.bias"):
         torch.testing.assert_close(cached["model_state"][key], plain["model_state"][key], rtol=1e-4, atol=1e-5)
     for key in cached["model_state"]:
-        if not key.startswith("fc."):  # the backbone is the same frozen tensors either way
+        if not key.startswith(f"{head}."):  # the backbone is the same frozen tensors either way
             assert torch.equal(cached["model_state"][key], plain["model_state"][key]), key
     assert [round(h["val_accuracy"], 6) for h in cached["history"]] == [round(h["val_accuracy"], 6)
                                                                          for h in plain["history"]]

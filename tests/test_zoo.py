@@ -116,3 +116,16 @@ def test_imagenet_weights_offline_say_what_to_do_in_one_line(cli, tiny, tmp_path
     assert r.code != 0
     lines = [line for line in r.err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--weights none" in lines[0] and "mobilenet_v3_small" in lines[0], r.err
+
+
+def test_squeezenet_frozen_trains_without_the_levers_its_head_cannot_have(cli, tiny, tmp_path):
+    """squeezenet's class scores come from a 1x1 convolution followed by a ReLU and a pooling:
+    forward(x) is not head(rest(x)), so it registers no head= and trains through its own forward."""
+    from cvkit.build import model_spec
+
+    assert model_spec("squeezenet1_1-frozen").head is None and model_spec("vgg11-frozen").head == "classifier.6"
+    r = cli("train", str(tiny), "--model", "squeezenet1_1-frozen", "--weights", "none", "--epochs", "1",
+            "--batch-size", "3", "--workers", "0", "--out", str(tmp_path / "run"), "--json")
+    assert r.code == 0, r.err
+    record = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["run"]
+    assert record["frozen_backbone"] is False and record["cached_features"] is False
