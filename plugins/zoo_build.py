@@ -22,31 +22,33 @@ RESNETS = ("resnet", "resnext", "wide_resnet")
 
 
 class FrozenBackbone:
-    """Mixin of a model whose backbone is frozen: ``train(mode)`` sets only ``head_path``'s modules
-    to ``mode``, every other module stays in eval mode."""
+    """Mixin of a model whose backbone is frozen: ``train(mode)`` sets only the modules of
+    ``head_paths`` to ``mode``, every other module stays in eval mode."""
 
-    head_path = ""
+    head_paths: tuple = ()
 
     def train(self, mode: bool = True):
         super().train(False)
         self.training = mode
-        self.get_submodule(self.head_path).train(mode)
+        for path in self.head_paths:
+            self.get_submodule(path).train(mode)
         return self
 
 
 _FROZEN_CLASSES: dict = {}
 
 
-def freeze_backbone(model: nn.Module, head: str) -> nn.Module:
-    """``model`` with every parameter outside ``head`` frozen and its backbone kept in eval mode."""
+def freeze_backbone(model: nn.Module, head) -> nn.Module:
+    """``model`` with every parameter outside ``head`` (a path, or several: a distilled model's
+    two classifiers) frozen and its backbone kept in eval mode."""
     cls = type(model)
     if cls not in _FROZEN_CLASSES:
         _FROZEN_CLASSES[cls] = type(f"Frozen{cls.__name__}", (FrozenBackbone, cls), {})
     model.__class__ = _FROZEN_CLASSES[cls]
-    model.head_path = head
-    prefix = head + "."
+    model.head_paths = (head,) if isinstance(head, str) else tuple(head)
+    prefixes = tuple(path + "." for path in model.head_paths)
     for name, param in model.named_parameters():
-        param.requires_grad = name.startswith(prefix)
+        param.requires_grad = name.startswith(prefixes)
     return model.train(model.training)
 
 
@@ -101,3 +103,29 @@ def build_torchvision(name: str, num_classes: int, weights: str | None, *, froze
     if weights not in ("imagenet", "none", ""):
         load_weights_into(model, weights, head=head)
     return freeze_backbone(model, head) if frozen else model
+
+
+def build_timm(name: str, num_classes: int, weights: str | None, *, frozen: bool) -> nn.Module:
+    """A timm model with a head for ``num_classes`` (timm makes it); ``weights`` as for torchvision's."""
+    from cvkit.checkpoint import load_weights_into
+    from cvkit.errors import CheckpointError, UsageError
+
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"model timm/{name} needs timm: pip install \"cvkit[timm]\"") from None
+    weights = "imagenet" if weights is None else str(weights)
+    pretrained = weights == "imagenet"
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except Exception as exc:  # noqa: BLE001 - hub and network errors come in many types
+        if not pretrained:
+            raise
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"--weights imagenet: cannot get timm {name}'s pretrained weights "
+                              f"({type(exc).__name__}: {reason}); offline, use --weights none (random "
+                              f"initialisation) or --weights PATH (a local state dict or cvkit checkpoint)") from None
+    heads = model.pretrained_cfg.get("classifier") or "head"
+    if weights not in ("imagenet", "none", ""):
+        load_weights_into(model, weights, head=heads if isinstance(heads, str) else heads[0])
+    return freeze_backbone(model, heads) if frozen else model

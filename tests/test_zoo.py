@@ -48,8 +48,12 @@ def test_listing_a_family_and_counting_them_all(cli):
     expected = sorted(f"{n}-{kind}" for n in TABLE if n.startswith("efficientnet") for kind in ("finetune", "frozen"))
     assert names == expected and len(names) == 22  # b0-b7 and v2_s, v2_m, v2_l
     overview = cli("list")
-    assert overview.code == 0 and "models: " in overview.out and "cvkit list models 'efficientnet*'" in overview.out
-    assert "efficientnet_b0-frozen " not in overview.out  # counted per family, not listed
+    assert overview.code == 0 and "torchvision" in overview.out and "cvkit list models --families" in overview.out
+    assert "efficientnet_b0-frozen " not in overview.out  # counted per plugin, not listed
+    per_family = json.loads(cli("list", "models", "--families", "--json").out)["families"]
+    efficientnet = next(f for f in per_family if f["family"] == "efficientnet")
+    assert efficientnet["models"] == 16 and efficientnet["see"] == "cvkit list models 'efficientnet*'"
+    assert sum(f["models"] for f in per_family) == len(json.loads(cli("list", "models", "--json").out)["models"])
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +133,72 @@ def test_squeezenet_frozen_trains_without_the_levers_its_head_cannot_have(cli, t
     assert r.code == 0, r.err
     record = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["run"]
     assert record["frozen_backbone"] is False and record["cached_features"] is False
+
+
+# --- timm ---------------------------------------------------------------------------------------
+
+TIMM_MODELS = ["resnet10t", "vit_tiny_patch16_224", "mobilenetv3_small_050"]  # a resnet, a ViT, a mobilenet
+
+
+def test_the_timm_table_is_what_the_installed_timm_says():
+    timm = pytest.importorskip("timm")
+    from timm.models import get_pretrained_cfg
+
+    from cvkit_plugins.timm_table import TABLE as TIMM
+
+    assert sorted(TIMM) == sorted(timm.list_models())
+    for name in TIMM_MODELS + ["convnext_atto", "efficientnet_b0", "deit_tiny_distilled_patch16_224"]:
+        cfg = get_pretrained_cfg(name)
+        crop, resize, interpolation, mean, std, head = TIMM[name]
+        assert crop == cfg.input_size[-1] and resize == int(crop / cfg.crop_pct) and interpolation == cfg.interpolation
+        assert mean == tuple(cfg.mean) and std == tuple(cfg.std)
+        assert head == (cfg.classifier if isinstance(cfg.classifier, str) else None)  # distilled: two heads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_models_train_evaluate_and_predict_offline(cli, tiny, tmp_path, name):
+    pytest.importorskip("timm")
+    run = tmp_path / "run"
+    r = cli("train", str(tiny), "--model", f"timm/{name}-finetune", "--weights", "none", "--epochs", "1",
+            "--batch-size", "3", "--workers", "0", "--out", str(run), "--json")
+    assert r.code == 0, r.err
+    assert cli("eval", "-c", str(run), "--json").code == 0
+    pr = cli("predict", str(tiny / "val"), "-c", str(run), "--json")
+    assert pr.code == 0 and len(json.loads(pr.out)) == 3, pr.err
+
+
+def test_timm_frozen_trains_only_its_head():
+    pytest.importorskip("timm")
+    from cvkit.build import build_model
+
+    model = build_model("timm/resnet10t-frozen", num_classes=3, weights="none")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 176, 176)), torch.tensor([0, 1, 2, 0])).backward()
+    optimizer.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_without_timm_one_line_says_how_to_install_it(cli, tiny, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm fails
+    r = cli("train", str(tiny), "--model", "timm/resnet10t-frozen", "--weights", "none", "--out", str(tmp_path / "r"))
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert r.code == 2 and len(lines) == 1 and 'pip install "cvkit[timm]"' in lines[0], r.err
+
+
+def test_timm_pretrained_weights_offline_is_one_line(tiny, tmp_path):
+    pytest.importorskip("timm")
+    from conftest import run_cvkit
+
+    # a fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is imported
+    r = run_cvkit("train", str(tiny), "--model", "timm/resnet10t-frozen", "--out", str(tmp_path / "r"),
+                  env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "--weights none" in lines[0] and "resnet10t" in lines[0], r.stderr

@@ -27,13 +27,21 @@ def list_cmd(
         metavar="KIND", show_default="all of them", help=f"What to list: {', '.join(REGISTRY_NAMES)}.")] = None,
     pattern: Annotated[Optional[str], typer.Argument(
         metavar="PATTERN", show_default=False, help="Only names matching this glob, e.g. 'resnet*'.")] = None,
+    families: Annotated[bool, typer.Option(
+        "--families", metavar="", help="Models counted per family (a model zoo has thousands).")] = False,
     json: JsonOpt = False,
 ):
     """List registered models, transforms, losses, optimizers, schedulers or datasets."""
-    from cvkit.commands.listing import list_entries, render_entries
+    from cvkit.commands import listing
 
-    report = list_entries(get_plugins(), kind, pattern)
-    ui.print_json(report) if json else render_entries(report, summarise=kind is None and pattern is None)
+    if families:
+        if kind not in ("models", "model"):
+            raise typer.BadParameter("--families counts models: cvkit list models --families [PATTERN]")
+        rows = listing.list_entries(get_plugins(), "models", pattern)["models"]
+        ui.print_json({"families": listing.families(rows)}) if json else listing.render_families(rows)
+        return
+    report = listing.list_entries(get_plugins(), kind, pattern)
+    ui.print_json(report) if json else listing.render_entries(report, summarise=kind is None and pattern is None)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,29 +72,64 @@ def render_plugins(report: dict) -> None:
         ui.out.print("No plugins found: is cvkit installed (pip install -e .)?")
 
 
-SUMMARY_OVER = 30  # `cvkit list` shows more models than this as a count per family
+SUMMARY_OVER = 30  # `cvkit list` shows more models than this as a count per plugin
 
 
-def render_family_counts(rows: list[dict]) -> None:
-    """The models as one row per family (a zoo's hundreds stay readable), with how to see them."""
+def families(rows: list[dict]) -> list[dict]:
+    """The models as one row per family (``family`` metadata, else the name): a zoo's thousands
+    stay readable."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("family") or r["name"], []).append(r)
+    return [{"family": family, "models": len(members), "plugins": sorted({r["plugin"] for r in members}),
+             "example": members[0]["name"],
+             "see": f"cvkit list models '{family}*'" if len(members) > 1 else f"cvkit list models {members[0]['name']}"}
+            for family, members in sorted(groups.items())]
+
+
+def render_families(rows: list[dict]) -> None:
     from rich.table import Table
 
     from cvkit import ui
 
-    families: dict[str, list[dict]] = {}
-    for r in rows:
-        families.setdefault(r.get("family") or r["name"], []).append(r)
-    table = Table(title=f"models: {len(rows)} in {len(families)} families", title_justify="left")
+    found = families(rows)
+    table = Table(title=f"models: {len(rows)} in {len(found)} families", title_justify="left")
     for column in ("family", "models", "plugin", "for example", "to see them"):
         table.add_column(column, justify="right" if column == "models" else "left")
-    for family, members in sorted(families.items()):
-        names = [r["name"] for r in members]
-        plugins = ", ".join(sorted({r["plugin"] for r in members}))
-        shown = f"cvkit list models '{family}*'" if len(names) > 1 else f"cvkit list models {names[0]}"
-        table.add_row(family, str(len(names)), plugins, names[0], shown)
+    for f in found:
+        table.add_row(f["family"], str(f["models"]), ", ".join(f["plugins"]), f["example"], f["see"])
     ui.print_fitted(table, drop=("to see them", "plugin", "for example"))
+
+
+def render_plugin_counts(rows: list[dict]) -> None:
+    """``cvkit list`` with a model zoo installed: the models counted per plugin, with how to see them."""
+    from rich.table import Table
+
+    from cvkit import ui
+
+    by_plugin: dict[str, list[dict]] = {}
+    for r in rows:
+        by_plugin.setdefault(r["plugin"], []).append(r)
+    table = Table(title=f"models: {len(rows)} (cvkit list models --families counts them per family)",
+                  title_justify="left")
+    for column in ("plugin", "models", "families", "to see them"):
+        table.add_column(column, justify="right" if column == "models" else "left")
+    for plugin, members in sorted(by_plugin.items()):
+        found = families(members)
+        names = ", ".join(f["family"] for f in found[:4]) + (f", ... ({len(found)})" if len(found) > 4 else "")
+        prefix = _common_prefix([r["name"] for r in members])
+        see = f"cvkit list models '{prefix}*'" if prefix else "cvkit list models --families"
+        table.add_row(plugin, str(len(members)), names, see if len(members) > 1 else f"cvkit list models {members[0]['name']}")
+    ui.print_fitted(table, drop=("to see them", "families"))
     for r in (r for r in rows if r.get("conflict")):  # named, never hidden in a count
         ui.out.print(f"[red]{r['name']}: {r['help']} ({r['plugin']})[/]", soft_wrap=True)
+
+
+def _common_prefix(names: list[str]) -> str:
+    import os
+
+    prefix = os.path.commonprefix(names)
+    return prefix if len(prefix) >= 3 else ""
 
 
 def render_entries(report: dict, *, summarise: bool = False) -> None:
@@ -107,7 +142,7 @@ def render_entries(report: dict, *, summarise: bool = False) -> None:
 
     for name, rows in report.items():
         if summarise and name == "models" and len(rows) > SUMMARY_OVER:
-            render_family_counts(rows)
+            render_plugin_counts(rows)
             continue
         table = Table(title=name, title_justify="left")
         table.add_column("name", style="bold", no_wrap=True)
