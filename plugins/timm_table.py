@@ -1,4 +1,4 @@
-"""timm 1.0.31's models, one per line: name: (crop, resize, interpolation, mean, std, classifier); written by `python -m cvkit_plugins.timm_zoo`; do not edit."""
+"""timm 1.0.31's models: name: (crop, resize, interpolation, mean, std, classifier), one per line: written by `python -m cvkit_plugins.timm_zoo`; do not edit."""
 
 TIMM = '1.0.31'
 

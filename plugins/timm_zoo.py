@@ -59,18 +59,10 @@ def make_table() -> dict:
     return table
 
 
-def write_table(path: str) -> None:
+if __name__ == "__main__":
     import timm
 
-    rows = "".join(f"    {name!r}: {entry!r},\n" for name, entry in make_table().items())
-    text = (f'"""timm {timm.__version__}\'s models, one per line: name: (crop, resize, interpolation, mean, '
-            f'std, classifier); written by `python -m cvkit_plugins.timm_zoo`; do not edit."""\n\n'
-            f"TIMM = {timm.__version__!r}\n\nTABLE = {{\n{rows}}}\n")
-    with open(path, "w") as f:
-        f.write(text)
+    from cvkit_plugins.tables import write_table
 
-
-if __name__ == "__main__":
-    import os
-
-    write_table(os.path.join(os.path.dirname(os.path.abspath(__file__)), "timm_table.py"))
+    write_table("timm_table.py", library="timm", version=timm.__version__, table=make_table(),
+                what="models: name: (crop, resize, interpolation, mean, std, classifier)")

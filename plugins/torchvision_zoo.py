@@ -99,21 +99,13 @@ def _head_of(name: str, torch, models, device: str = "meta") -> tuple | None:
     return head, head == last
 
 
-def write_table(path: str) -> None:
-    import torchvision
-
-    version = torchvision.__version__.split("+")[0]
-    rows = "".join(f"    {name!r}: {entry!r},\n" for name, entry in make_table().items())
-    text = (f'"""torchvision {version}\'s classifiers, one per line: written by '
-            f'`python -m cvkit_plugins.torchvision_zoo`; do not edit."""\n\n'
-            f"TORCHVISION = {version!r}\n\nTABLE = {{\n{rows}}}\n")
-    with open(path, "w") as f:
-        f.write(text)
-
-
 if __name__ == "__main__":
-    import os
     import warnings
 
+    import torchvision
+
+    from cvkit_plugins.tables import write_table
+
     warnings.filterwarnings("ignore", category=FutureWarning)  # googlenet/inception init notices
-    write_table(os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_table.py"))
+    write_table("torchvision_table.py", library="torchvision", version=torchvision.__version__,
+                table=make_table(), what="classifiers")
