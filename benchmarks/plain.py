@@ -89,6 +89,26 @@ def make_resnet(num_classes: int, frozen: bool, backbone: str | None = None):
     return model
 
 
+# two more torchvision families, written as a user of torchvision would: the model from
+# torchvision.models, requires_grad=False for a frozen backbone, its last classifier layer replaced
+ZOO = {"mobilenet_v3_small-frozen": ("mobilenet_v3_small", True), "convnext_tiny-finetune": ("convnext_tiny", False)}
+RESIZE = {"mobilenet_v3_small-frozen": 256, "convnext_tiny-finetune": 236}  # their weights' eval presets
+
+
+def make_torchvision(model: str, num_classes: int):
+    """(model, the parameters to optimise) for a ZOO name."""
+    from torch import nn
+    from torchvision import models
+
+    name, frozen = ZOO[model]
+    net = models.get_model(name, weights=None)
+    if frozen:
+        for param in net.parameters():
+            param.requires_grad = False
+    net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, num_classes)
+    return net, (net.classifier[-1].parameters() if frozen else net.parameters())
+
+
 def make_transforms(model: str, transforms: str):
     from torchvision import transforms as T
 
@@ -101,7 +121,7 @@ def make_transforms(model: str, transforms: str):
         return {"train": tf, "val": tf}
     return {
         "train": T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]),
-        "val": T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]),
+        "val": T.Compose([T.Resize(RESIZE.get(model, 256)), T.CenterCrop(224), T.ToTensor(), normalize]),
     }
 
 
@@ -135,6 +155,8 @@ def train(args) -> dict:
     elif args.model == "resnet18-frozen":
         model = make_resnet(len(class_names), frozen=True, backbone=args.backbone)
         params = model.fc.parameters()  # only the final layer is optimized
+    elif args.model in ZOO:
+        model, params = make_torchvision(args.model, len(class_names))
     else:
         raise SystemExit(f"unknown model {args.model!r}")
     model = model.to(device)
@@ -257,7 +279,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="the chapter's training loop")
     t.add_argument("data")
-    t.add_argument("--model", default="net", choices=["net", "resnet18-frozen", "resnet18-finetune"])
+    t.add_argument("--model", default="net", choices=["net", "resnet18-frozen", "resnet18-finetune", *ZOO])
     t.add_argument("--transforms", default="chapter", choices=["chapter", "plain"])
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=32)

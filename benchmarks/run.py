@@ -97,23 +97,30 @@ sys.path.insert(0, str(HERE))
 import backbone as bench_backbone  # noqa: E402
 import data as bench_data  # noqa: E402
 
-ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help")
-TRAINING_ROWS = ("net", "frozen", "frozen-cached", "finetune")
+ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help", "mobilenet-frozen", "convnext-finetune")
+DEFAULT_ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help")  # the zoo rows: --rows
+TRAINING_ROWS = ("net", "frozen", "frozen-cached", "finetune", "mobilenet-frozen", "convnext-finetune")
 
 # (epochs, batch size, lr) per row, full and --quick
 FULL = {"net": (10, 32, 0.05), "frozen": (3, 32, 0.01), "frozen-cached": (4, 32, 0.01),
-        "finetune": (2, 32, 0.01), "help_repeats": 7}
+        "finetune": (2, 32, 0.01), "mobilenet-frozen": (3, 32, 0.01), "convnext-finetune": (1, 32, 0.01),
+        "help_repeats": 7}
 QUICK = {"net": (2, 32, 0.05), "frozen": (1, 8, 0.01), "frozen-cached": (2, 8, 0.01),
-         "finetune": (1, 8, 0.01), "help_repeats": 3}
+         "finetune": (1, 8, 0.01), "mobilenet-frozen": (1, 8, 0.01), "convnext-finetune": (1, 8, 0.01),
+         "help_repeats": 3}
 
-MODELS = {"frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen", "finetune": "resnet18-finetune"}
-CHAPTER_WORKERS = {"net": 2, "frozen": 4, "frozen-cached": 4, "finetune": 4}  # CIFAR chapter: 2; transfer: 4
+MODELS = {"frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen", "finetune": "resnet18-finetune",
+          "mobilenet-frozen": "mobilenet_v3_small-frozen", "convnext-finetune": "convnext_tiny-finetune"}
+CHAPTER_WORKERS = {"net": 2, "frozen": 4, "frozen-cached": 4, "finetune": 4,  # CIFAR chapter: 2; transfer: 4
+                   "mobilenet-frozen": 4, "convnext-finetune": 4}
 BACKBONE_ROWS = ("frozen", "frozen-cached")  # start from benchmarks/backbone.py's state dict on both sides
 
-TARGETS = {"net": 1.5, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0,
+TARGETS = {"net": 1.5, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0, "mobilenet-frozen": 1.0,
+           "convnext-finetune": 1.0,
            "predict": 2.0, "predict-agreement": 0.99, "help": 0.15}
 # how many points cvkit's best val accuracy may lie below the best plain configuration's (see the docstring)
-ACCURACY_TOLERANCE = {"net": 1.0, "frozen": 5.0, "frozen-cached": 5.0, "finetune": 5.0}
+ACCURACY_TOLERANCE = {"net": 1.0, "frozen": 5.0, "frozen-cached": 5.0, "finetune": 5.0, "mobilenet-frozen": 5.0,
+                      "convnext-finetune": 5.0}
 
 
 def _epochs(n: int) -> str:
@@ -255,7 +262,7 @@ class Bench:
     def settings(self, row: str) -> tuple[int, int, float]:
         epochs, batch, lr = self.sizes[row]
         override = {"net": self.args.epochs_net, "frozen": self.args.epochs_frozen,
-                    "frozen-cached": self.args.epochs_cached, "finetune": self.args.epochs_finetune}[row]
+                    "frozen-cached": self.args.epochs_cached, "finetune": self.args.epochs_finetune}.get(row)
         if override is not None:
             epochs = override
         if self.args.batch_size is not None:
@@ -377,6 +384,14 @@ class Bench:
     def row_finetune(self) -> dict:
         r = self.train_sides("finetune", MODELS["finetune"], self.data["rgb"]["root"], "chapter")
         return {**r, **judge("finetune", r)}
+
+    def row_mobilenet_frozen(self) -> dict:  # random weights on both sides (no download here)
+        r = self.train_sides("mobilenet-frozen", MODELS["mobilenet-frozen"], self.data["rgb"]["root"], "chapter")
+        return {**r, **judge("mobilenet-frozen", r)}
+
+    def row_convnext_finetune(self) -> dict:
+        r = self.train_sides("convnext-finetune", MODELS["convnext-finetune"], self.data["rgb"]["root"], "chapter")
+        return {**r, **judge("convnext-finetune", r)}
 
     def row_frozen_cached(self) -> dict:
         r = self.train_sides("frozen-cached", MODELS["frozen-cached"], self.data["rgb"]["root"], "plain")
@@ -624,7 +639,8 @@ def _others(*records) -> str:
 
 
 ROW_NAMES = {"net": "net", "frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen, plain transforms",
-             "finetune": "resnet18-finetune"}
+             "finetune": "resnet18-finetune", "mobilenet-frozen": "mobilenet_v3_small-frozen",
+             "convnext-finetune": "convnext_tiny-finetune"}
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -830,7 +846,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny data, 1-2 epochs: checks the harness, not speed")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {','.join(ROWS)} [all]")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, from {','.join(ROWS)} [{','.join(DEFAULT_ROWS)}]")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides) [cpu]")
     parser.add_argument("--out", help="write the raw numbers as JSON here")
     parser.add_argument("--data-root", default=".bench-data", help="cache of the drawn data [.bench-data]")
@@ -899,7 +915,7 @@ def prepare_data(args) -> dict:
     needs = set()
     if "net" in args.rows:
         needs.add("gray")
-    if {"frozen", "frozen-cached", "finetune", "predict"} & set(args.rows):
+    if {"frozen", "frozen-cached", "finetune", "predict", "mobilenet-frozen", "convnext-finetune"} & set(args.rows):
         needs.add("rgb")
     if "predict" in args.rows:
         needs.add("predict")
