@@ -13,9 +13,9 @@ weights kept). Models and transforms are the chapter's:
 - ``resnet18-frozen``: the chapter's ``model_conv``: ``requires_grad = False`` for every backbone
   parameter, a new ``fc``, the optimizer over ``model_conv.fc.parameters()`` only. (As written in
   the chapter, ``model.train()`` puts the frozen backbone's BatchNorm layers in training mode too.)
-- ``--backbone PATH`` (resnets): the backbone starts from a torchvision resnet18 state dict (with
-  its own ``fc``, e.g. the 1000-way one of ``benchmarks/backbone.py``), loaded the way the chapter
-  loads ImageNet weights: ``load_state_dict`` into ``resnet18()``, then the new ``fc``;
+- ``--backbone PATH`` (every model but ``net``): the backbone starts from a torchvision state dict of
+  that architecture (with its own 1000-way head, e.g. the one of ``benchmarks/backbone.py``), loaded
+  the way the chapter loads ImageNet weights: ``load_state_dict`` into the model, then the new head;
 - ``--transforms chapter`` (resnets): train ``RandomResizedCrop(224), RandomHorizontalFlip()``,
   val ``Resize(256), CenterCrop(224)``, then ``ToTensor()`` and ImageNet ``Normalize``;
   ``--transforms plain``: ``Resize(224), CenterCrop(224)`` for both, deterministic, like cvkit's
@@ -95,13 +95,16 @@ ZOO = {"mobilenet_v3_small-frozen": ("mobilenet_v3_small", True), "convnext_tiny
 RESIZE = {"mobilenet_v3_small-frozen": 256, "convnext_tiny-finetune": 236}  # their weights' eval presets
 
 
-def make_torchvision(model: str, num_classes: int):
+def make_torchvision(model: str, num_classes: int, backbone: str | None = None):
     """(model, the parameters to optimise) for a ZOO name."""
+    import torch
     from torch import nn
     from torchvision import models
 
     name, frozen = ZOO[model]
     net = models.get_model(name, weights=None)
+    if backbone:  # as get_model(name, weights=...): the whole net's weights, its last layer replaced below
+        net.load_state_dict(torch.load(backbone, map_location="cpu", weights_only=True))
     if frozen:
         for param in net.parameters():
             param.requires_grad = False
@@ -156,7 +159,7 @@ def train(args) -> dict:
         model = make_resnet(len(class_names), frozen=True, backbone=args.backbone)
         params = model.fc.parameters()  # only the final layer is optimized
     elif args.model in ZOO:
-        model, params = make_torchvision(args.model, len(class_names))
+        model, params = make_torchvision(args.model, len(class_names), backbone=args.backbone)
     else:
         raise SystemExit(f"unknown model {args.model!r}")
     model = model.to(device)

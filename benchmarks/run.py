@@ -59,11 +59,11 @@ Rows (``--rows``, comma-separated; default all):
 
 The frozen rows' backbone. A frozen backbone of random weights gives meaningless features (in eval
 mode its BatchNorm uses the statistics of a net that never saw a picture), so before the frozen rows
-``benchmarks/backbone.py`` trains torchvision's resnet18 briefly on the benchmark's own RGB training
-pictures (plain PyTorch, seeded; cached beside the data, keyed by its parameters). Both sides of the
-``frozen`` and ``frozen-cached`` rows (and the predict row's checkpoint) start from that state dict:
-cvkit with ``--weights PATH``, the plain loop with ``plain.py train --backbone PATH``; each puts a
-fresh ``fc`` on it.
+``benchmarks/backbone.py`` trains torchvision's resnet18 (mobilenet_v3_small for ``mobilenet-frozen``)
+briefly on the benchmark's own RGB training pictures (plain PyTorch, seeded; cached beside the data,
+keyed by its parameters). Both sides of the ``frozen``, ``frozen-cached`` and ``mobilenet-frozen``
+rows (and the predict row's checkpoint) start from that state dict: cvkit with ``--weights PATH``,
+the plain loop with ``plain.py train --backbone PATH``; each puts a fresh head on it.
 
 The table has a target column (the issue's: net >= 1.5x, frozen >= 3x, cached >= 20x per epoch,
 finetune >= 2x, predict >= 2x with >= 99% agreement, help <= 0.15; and the accuracy guards) and
@@ -103,7 +103,7 @@ TRAINING_ROWS = ("net", "frozen", "frozen-cached", "finetune", "mobilenet-frozen
 
 # (epochs, batch size, lr) per row, full and --quick
 FULL = {"net": (10, 32, 0.05), "frozen": (3, 32, 0.01), "frozen-cached": (4, 32, 0.01),
-        "finetune": (2, 32, 0.01), "mobilenet-frozen": (3, 32, 0.01), "convnext-finetune": (1, 32, 0.01),
+        "finetune": (2, 32, 0.01), "mobilenet-frozen": (3, 32, 0.01), "convnext-finetune": (3, 32, 0.01),
         "help_repeats": 7}
 QUICK = {"net": (2, 32, 0.05), "frozen": (1, 8, 0.01), "frozen-cached": (2, 8, 0.01),
          "finetune": (1, 8, 0.01), "mobilenet-frozen": (1, 8, 0.01), "convnext-finetune": (1, 8, 0.01),
@@ -113,7 +113,8 @@ MODELS = {"frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen", "fine
           "mobilenet-frozen": "mobilenet_v3_small-frozen", "convnext-finetune": "convnext_tiny-finetune"}
 CHAPTER_WORKERS = {"net": 2, "frozen": 4, "frozen-cached": 4, "finetune": 4,  # CIFAR chapter: 2; transfer: 4
                    "mobilenet-frozen": 4, "convnext-finetune": 4}
-BACKBONE_ROWS = ("frozen", "frozen-cached")  # start from benchmarks/backbone.py's state dict on both sides
+# rows that start both sides from benchmarks/backbone.py's state dict of this torchvision architecture
+BACKBONE_ROWS = {"frozen": "resnet18", "frozen-cached": "resnet18", "mobilenet-frozen": "mobilenet_v3_small"}
 
 TARGETS = {"net": 1.5, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0, "mobilenet-frozen": 1.0,
            "convnext-finetune": 1.0,
@@ -257,7 +258,7 @@ class Bench:
         self.env = cvkit_env(args.cvkit_source)
         self.results: dict = {}
         self.checkpoint: str | None = None
-        self.backbone: dict | None = None  # benchmarks/backbone.py's summary, once trained or found
+        self.backbones: dict = {}  # architecture -> benchmarks/backbone.py's summary, once trained or found
 
     def settings(self, row: str) -> tuple[int, int, float]:
         epochs, batch, lr = self.sizes[row]
@@ -334,30 +335,31 @@ class Bench:
             f"{rec['result'].get('best_val_accuracy')} ({rec['result'].get('precision')}, {rec['wall_seconds']:.1f}s)")
         return rec
 
-    def backbone_path(self) -> str:
-        """The frozen rows' backbone (benchmarks/backbone.py): reused from beside the rgb tree when it
-        was trained with the same parameters, else trained now (CPU, logged to backbone.log)."""
-        if self.backbone is None:
+    def backbone_path(self, arch: str = "resnet18") -> str:
+        """A frozen row's backbone (benchmarks/backbone.py): reused from beside the rgb tree when it
+        was trained with the same parameters, else trained now (CPU, logged to backbone-ARCH.log)."""
+        if arch not in self.backbones:
             rgb = self.data["rgb"]["root"]
-            folder = Path(rgb).parent / "backbone"
-            params = bench_backbone.params_for(rgb, seed=self.args.seed, quick=self.args.quick)
+            folder = bench_backbone.folder_for(rgb, arch)
+            params = bench_backbone.params_for(rgb, seed=self.args.seed, quick=self.args.quick, arch=arch)
             summary = bench_backbone.cached(folder, params)
             if summary is not None:
                 summary["created"] = False
             else:
-                log(f"backbone: training resnet18 on {rgb}/train (seed {self.args.seed}) into {folder}")
-                cmd = [sys.executable, str(HERE / "backbone.py"), rgb, str(folder), "--seed", str(self.args.seed)]
-                rec = measure(cmd + (["--quick"] if self.args.quick else []), log_path=self.work / "backbone.log")
+                log(f"backbone: training {arch} on {rgb}/train (seed {self.args.seed}) into {folder}")
+                cmd = [sys.executable, str(HERE / "backbone.py"), rgb, str(folder), "--arch", arch,
+                       "--seed", str(self.args.seed)] + (["--quick"] if self.args.quick else [])
+                rec = measure(cmd, log_path=self.work / f"backbone-{arch}.log")
                 summary = {**parse_json(rec["stdout"]), "wall_seconds": rec["wall_seconds"]}
             log(f"backbone: {summary['file']} ({'trained' if summary['created'] else 'cached'}; "
                 f"its own val accuracy {summary['val_accuracy']:.3f})")
-            self.backbone = summary
-        return self.backbone["file"]
+            self.backbones[arch] = summary
+        return self.backbones[arch]["file"]
 
     def train_sides(self, row: str, model: str, data: str, transforms: str) -> dict:
         """Every plain configuration and cvkit on one row, alternating; ``training_summary`` of the
         fastest runs. The frozen rows start both sides from the pretrained backbone."""
-        weights = self.backbone_path() if row in BACKBONE_ROWS else None
+        weights = self.backbone_path(BACKBONE_ROWS[row]) if row in BACKBONE_ROWS else None
         cvkit_transforms = "plain" if transforms == "plain" else None
         runners = {}
         for config in self.args.plain_workers:
@@ -369,7 +371,7 @@ class Bench:
         cvkit = best.pop("cvkit")
         summary = training_summary(best, cvkit)
         if weights:
-            summary["backbone"] = self.backbone
+            summary["backbone"] = self.backbones[BACKBONE_ROWS[row]]
         return summary
 
     def row_net(self) -> dict:
@@ -385,7 +387,7 @@ class Bench:
         r = self.train_sides("finetune", MODELS["finetune"], self.data["rgb"]["root"], "chapter")
         return {**r, **judge("finetune", r)}
 
-    def row_mobilenet_frozen(self) -> dict:  # random weights on both sides (no download here)
+    def row_mobilenet_frozen(self) -> dict:
         r = self.train_sides("mobilenet-frozen", MODELS["mobilenet-frozen"], self.data["rgb"]["root"], "chapter")
         return {**r, **judge("mobilenet-frozen", r)}
 
@@ -939,7 +941,7 @@ def run_meta(args, bench: Bench, seconds: float) -> dict:
             "device": args.device, "rows": args.rows, "seconds": round(seconds, 1), "cvkit": bench.cvkit,
             "settings": settings, "cvkit_workers": args.cvkit_workers,
             "plain_predict_batches": [args.plain_predict_batch, args.plain_predict_batched],
-            "accuracy_tolerance_points": ACCURACY_TOLERANCE, "targets": TARGETS, "backbone": bench.backbone,
+            "accuracy_tolerance_points": ACCURACY_TOLERANCE, "targets": TARGETS, "backbones": bench.backbones,
             "repeat": args.repeat, "repeat_others": args.repeat_others, "wait_quiet": args.wait_quiet,
             "data": bench.data, **machine_info(args.device, bench.env)}
     if args.cvkit_ref:
@@ -956,11 +958,10 @@ def print_notes(meta: dict, args) -> None:
                                  for c, n in s["plain_workers"].items())
             print(f"  {row}: {_epochs(s['epochs'])}, batch {s['batch_size']}, lr {s['lr']}; plain loop with "
                   f"{plain}; cvkit --workers {args.cvkit_workers} ({_runs(args.repeat)})")
-    b = meta["backbone"]
-    if b:
-        print(f"  frozen rows' backbone (both sides): resnet18 trained {_epochs(b['params']['epochs'])} on the rgb "
-              f"train pictures, seed {b['params']['seed']}, its own val accuracy {b['val_accuracy']:.3f}; "
-              f"{b['file']} ({'trained in this run' if b['created'] else 'cached'})")
+    for arch, b in meta["backbones"].items():
+        print(f"  frozen rows' {arch} backbone (both sides): trained {_epochs(b['params']['epochs'])}, lr "
+              f"{b['params']['lr']}, on the rgb train pictures, seed {b['params']['seed']}, its own val accuracy "
+              f"{b['val_accuracy']:.3f}; {b['file']} ({'trained in this run' if b['created'] else 'cached'})")
     tolerances = ", ".join(f"{row} {t:g}" for row, t in ACCURACY_TOLERANCE.items() if row in args.rows)
     if tolerances:
         print(f"  accuracy guards: a training row fails when cvkit's best val accuracy is below the best plain "
