@@ -210,11 +210,22 @@ class Check:
         return "; ".join(parts) + " (cvkit / plain; --quick sizes, 1 run each)"
 
     def export_step(self):
-        proc = subprocess.run([sys.executable, "-m", "cvkit", "export", "--help"], capture_output=True, text=True,
-                              cwd=self.work)
-        if proc.returncode != 0:
-            return "skipped", "cvkit has no export command yet (issue 16)"
-        raise Failed("cvkit export exists: add its GPU export and ONNX Runtime predict to this check")
+        """The GPU run's checkpoint exported (ONNX and pt2, each --check'ed against PyTorch), then
+        predicted with onnxruntime: the same top-1 as the checkpoint on the GPU."""
+        run = self.runs / "net-fp32"
+        checks = []
+        for fmt in ("onnx", "pt2"):
+            report = self.json_of("export", str(run), "--format", fmt, "--check", "16")
+            if not report["check"]["passed"]:
+                raise Failed(f"{fmt} export: --check failed ({report['check']})")
+            checks.append(f"{fmt} max |dlogit| {report['check']['max_abs_logit_difference']:.1e}")
+        onnx = self.json_of("predict", str(self.data / "val"), "--checkpoint", str(run / "best.onnx"))
+        here = self.json_of("predict", str(self.data / "val"), "--checkpoint", str(run / "best.pt"),
+                            "--device", self.device, "--precision", "fp32")
+        top = sum(a["predictions"][0]["label"] == b["predictions"][0]["label"] for a, b in zip(onnx, here))
+        if len(onnx) != len(here) or top != len(here):
+            raise Failed(f"onnxruntime and {self.device} agree on {top} of {len(here)} images")
+        return f"{'; '.join(checks)}; onnxruntime predict: same top-1 as {self.device} on {top} images"
 
     def run_all(self) -> None:
         self.step("device", (), self.device_step)
@@ -236,7 +247,7 @@ class Check:
         self.step("cuda tests", ("device",), self.cuda_tests_step)
         if self.bench:
             self.step("benchmark rows", ("device",), self.bench_step)
-        self.step("export and ONNX Runtime predict", ("device",), self.export_step)
+        self.step("export and ONNX Runtime predict", ("train net fp32",), self.export_step)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

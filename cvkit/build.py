@@ -54,12 +54,23 @@ def build_model(name: str, *, num_classes: int, weights: str | None = None,
 
 
 def _check_weights_model(path: str, name: str) -> None:
-    """A cvkit checkpoint names its model: weights of another model are refused by name."""
-    from cvkit.checkpoint import is_checkpoint, load_file
+    """A cvkit checkpoint (or a .safetensors file cvkit wrote) names its model: weights of another
+    model are refused by name."""
+    import json
+    from pathlib import Path
+
+    from cvkit.checkpoint import is_checkpoint, load_file, load_safetensors
     from cvkit.errors import CheckpointError
 
-    obj = load_file(path, option="--weights")
-    saved = (obj.get("model") or {}).get("name") if is_checkpoint(obj) else None
+    if Path(path).suffix == ".safetensors":
+        saved = load_safetensors(path, option="--weights", tensors=False)[1].get("model")
+        try:  # cvkit writes JSON strings; another tool may write the bare name
+            saved = json.loads(saved) if saved is not None else None
+        except ValueError:
+            pass
+    else:
+        obj = load_file(path, option="--weights")
+        saved = (obj.get("model") or {}).get("name") if is_checkpoint(obj) else None
     if saved is not None and saved != name:
         raise CheckpointError(f"--weights {path}: a checkpoint of model {saved!r}, not {name!r}")
 

@@ -4,7 +4,8 @@ Files are read with ``torch.load(weights_only=True)``, so a checkpoint can hold 
 data but never run code. Saves go to a temporary file in the same folder, are flushed to disk, then
 renamed over the target, so a crash leaves either the old file or the new one, never half of one.
 
-Plugin factories use :func:`load_weights_into` to apply a ``--weights PATH`` file.
+Plugin factories use :func:`load_weights_into` to apply a ``--weights PATH`` file (a state dict, a
+cvkit checkpoint, or a ``.safetensors`` file, read without pickle).
 """
 
 from __future__ import annotations
@@ -115,11 +116,34 @@ def is_checkpoint(obj) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
+def load_safetensors(path, *, option: str = "--weights", tensors: bool = True) -> tuple[dict, dict]:
+    """(tensors by name, the header's ``__metadata__``) of a ``.safetensors`` file: no pickle involved.
+    With ``tensors=False`` only the header is read (the tensors come back empty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{option} {path}: {'is a directory' if path.is_dir() else 'no such file'}")
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:  # a core dependency; only a broken install lacks it
+        raise CheckpointError(f"{option} {path}: reading .safetensors needs the safetensors package: "
+                              f"pip install safetensors") from None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return ({k: f.get_tensor(k) for k in f.keys()} if tensors else {}), dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{option} {path}: not a readable .safetensors file ({first})") from None
+
+
 def load_state_dict(path, *, option: str = "--weights") -> dict:
-    """The model weights in ``path``: a plain state dict, or the model state of a cvkit checkpoint."""
+    """The model weights in ``path``: a plain state dict, the model state of a cvkit checkpoint, or
+    the tensors of a ``.safetensors`` file."""
     import torch
 
-    obj = load_file(path, option=option)
+    if Path(path).suffix == ".safetensors":
+        obj = load_safetensors(path, option=option)[0]
+    else:
+        obj = load_file(path, option=option)
     if is_checkpoint(obj):
         obj = obj.get("model_state")
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -240,7 +264,13 @@ def make_checkpoint(*, model, spec, classes, transform_name, transform, config: 
 
 
 def load_checkpoint(path, *, option: str = "--checkpoint") -> dict:
-    """A cvkit checkpoint (``best.pt``/``last.pt``); a clear error for anything else."""
+    """A cvkit checkpoint (``best.pt``/``last.pt``, or a ``.safetensors`` file ``cvkit export``
+    wrote: its weights and the description in its header); a clear error for anything else."""
+    if Path(path).suffix == ".safetensors":
+        from cvkit.describe import from_strings
+
+        tensors, props = load_safetensors(path, option=option)
+        return as_checkpoint(from_strings(props, where=f"{option} {path}"), tensors)
     obj = load_file(path, option=option)
     if not is_checkpoint(obj):
         raise CheckpointError(f"{option} {path}: not a cvkit checkpoint (a plain state dict? "
@@ -271,3 +301,17 @@ def latest_checkpoint(runs_dir="runs", name: str = "best.pt") -> Path:
         raise CheckpointError(f"no --checkpoint given and no run with a {name} under ./{runs_dir}/; "
                               f"train one first: cvkit train DATA --model net")
     return found[-1]
+
+
+def as_checkpoint(meta: dict, state: dict | None = None) -> dict:
+    """A checkpoint dict, as :func:`cvkit.checkpoint.load_checkpoint` returns, from a description
+    (and the weights): what eval and predict need to rebuild the model."""
+    rebuild = meta.get("cvkit_model") or {}
+    model = rebuild.get("model") or {"name": meta["model"], "plugin": "?", "num_classes": len(meta["classes"]),
+                                     "input_size": meta["input_size"], "mean": meta["mean"], "std": meta["std"],
+                                     "default_transforms": meta.get("transform"), "resize": meta["resize"],
+                                     "interpolation": meta["interpolation"]}
+    transform = rebuild.get("transform") or {"name": meta.get("transform"), "train": False}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, "classes": list(meta["classes"]),
+            "transform": transform, "config": rebuild.get("config") or {}, "model_state": state,
+            "exported": {k: v for k, v in meta.items() if k != "cvkit_model"}}

@@ -6,29 +6,32 @@ from cvkit.accel import for_inference
 from cvkit.build import ModelSpec, build_model, build_transform
 from cvkit.checkpoint import find_checkpoint, load_checkpoint, load_model_state
 from cvkit.errors import CheckpointError, PluginError, UsageError
+from cvkit.onnxrun import is_onnx
 from cvkit.plugins import get_plugins
 
 
-def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugins=None):
+def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugins=None, fuse: bool = True):
     """Rebuild the model a cvkit checkpoint describes, with its weights and its eval transform.
 
     ``path`` is as for :func:`find_checkpoint`. Returns ``(model, checkpoint, spec, transform,
     path)``; the model is in eval mode on ``device``, for inference only: each BatchNorm is folded
     into the convolution before it (exact in eval mode; see :func:`cvkit.accel.for_inference`), so
     its modules and state dict keys may differ from the model's. The input size and normalisation
-    come from the checkpoint itself, not today's registration.
+    come from the checkpoint itself, not today's registration. ``fuse=False``: the model as built,
+    in eval mode, its modules and keys those of the checkpoint (what ``cvkit export`` writes).
+    ``path`` may also be a ``.safetensors`` or ``.onnx`` file ``cvkit export`` wrote; an ``.onnx``
+    model runs in onnxruntime behind a torch module (CPU, float32).
     """
     plugins = plugins or get_plugins()
     path = find_checkpoint(path, option=option)
+    if is_onnx(path):
+        return _restore_onnx(path, option, plugins)
     ckpt = load_checkpoint(path, option=option)
     info = ckpt["model"]
     if info["name"] not in plugins["models"]:
         raise PluginError(f"{option} {path}: model {info['name']!r} (from plugin {info.get('plugin')!r}) "
                           f"is not installed; install the plugin that provides it (see `cvkit list models`)")
-    spec = ModelSpec(name=info["name"], plugin=info.get("plugin", "?"), input_size=tuple(info["input_size"]),
-                     mean=tuple(info["mean"]), std=tuple(info["std"]),
-                     default_transforms=info.get("default_transforms"), help="", resize=info.get("resize"),
-                     interpolation=info.get("interpolation") or "bilinear")
+    spec = saved_spec(info)
     options = (ckpt.get("config") or {}).get("options") or {}
     model = build_model(spec.name, num_classes=len(ckpt["classes"]), weights="none",
                         options=options.get("model"), plugins=plugins)
@@ -45,4 +48,26 @@ def restore_model(path=None, *, device=None, option: str = "--checkpoint", plugi
         raise PluginError(f"{option} {path}: its transforms are not available ({exc})") from None
     if device is not None:
         model.to(device)
-    return for_inference(model), ckpt, spec, transform, path
+    return (for_inference(model) if fuse else model.eval()), ckpt, spec, transform, path
+
+
+def _restore_onnx(path, option, plugins):
+    from cvkit.checkpoint import as_checkpoint
+    from cvkit.onnxrun import OnnxModel, as_torch_module
+
+    model = OnnxModel(path, option=option)
+    ckpt = as_checkpoint(model.meta)
+    info = ckpt["model"]
+    spec = saved_spec(info)
+    try:
+        transform = build_transform(spec, ckpt["transform"]["name"], train=False, plugins=plugins)
+    except UsageError as exc:
+        raise PluginError(f"{option} {path}: its transforms are not available ({exc})") from None
+    return as_torch_module(model), ckpt, spec, transform, path
+
+
+def saved_spec(info: dict) -> ModelSpec:
+    """The model's registration as a checkpoint or export recorded it."""
+    return ModelSpec(name=info["name"], plugin=info.get("plugin", "?"), input_size=tuple(info["input_size"]),
+                     mean=tuple(info["mean"]), std=tuple(info["std"]), default_transforms=info.get("default_transforms"),
+                     help="", resize=info.get("resize"), interpolation=info.get("interpolation") or "bilinear")

@@ -131,6 +131,32 @@ def test_load_state_dict_accepts_three_layouts(tmp_path):
         assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state), name
 
 
+def test_load_state_dict_reads_safetensors_without_pickle(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    state = {"w": torch.randn(2, 3), "b": torch.zeros(2)}
+    path = tmp_path / "weights.safetensors"
+    save_file(state, str(path), metadata={"model": "net"})
+
+    def no_pickle(*a, **k):
+        raise AssertionError("torch.load called for a .safetensors file")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    got = load_state_dict(path)
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    assert checkpoint.load_safetensors(path, tensors=False) == ({}, {"model": "net"})
+
+
+def test_a_broken_safetensors_file_is_one_line(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="not a readable .safetensors file") as info:
+        load_state_dict(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_state_dict(tmp_path / "absent.safetensors")
+
+
 @pytest.mark.parametrize("obj", [{"w": 1.0}, {1: torch.ones(1)}, {}, torch.ones(2),
                                  {"format": FORMAT, "model_state": None}])
 def test_load_state_dict_rejects_non_state_dicts(tmp_path, obj):

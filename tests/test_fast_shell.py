@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from cvkit import __version__
 from conftest import REPO, run_cvkit
@@ -134,12 +135,13 @@ def test_a_command_that_imported_torch_exits_without_interpreter_teardown(tmp_pa
     assert at_exit == "yes"
     assert teardown == "", "the interpreter tore itself down after a torch command: no fast exit"
 
-    # an error keeps its exit status and its one line through the fast exit
-    proc, at_exit, teardown = run_with_markers(tmp_path, "predict", str(tmp_path / "missing.jpg"),
+    # an error after torch was imported keeps its exit status and its one line through the fast exit
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
+    proc, at_exit, teardown = run_with_markers(tmp_path, "predict", str(tmp_path / "one.png"),
                                                "--checkpoint", str(tmp_path / "none.pt"))
-    assert proc.returncode == 3, proc.stderr
-    assert proc.stderr.count("cvkit: error:") == 1 and "missing.jpg" in "".join(proc.stderr.split()), proc.stderr
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.count("cvkit: error:") == 1 and "none.pt" in "".join(proc.stderr.split()), proc.stderr
     assert (at_exit, teardown) == ("yes", "")
-    bad = run_cvkit("predict", str(tmp_path / "missing.jpg"), "--checkpoint", str(tmp_path / "none.pt"),
+    bad = run_cvkit("predict", str(tmp_path / "one.png"), "--checkpoint", str(tmp_path / "none.pt"),
                     timeout=120)  # the same through `python -m cvkit`
-    assert bad.returncode == 3 and bad.stderr.count("cvkit: error:") == 1, bad.stderr
+    assert bad.returncode == 4 and bad.stderr.count("cvkit: error:") == 1, bad.stderr

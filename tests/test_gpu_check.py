@@ -26,7 +26,7 @@ def test_the_dry_run_passes_every_step_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     status = {s["step"]: s["status"] for s in report["steps"]}
     assert status.pop("cuda tests") == "skipped"  # no GPU here: the tests skip themselves, and the check says so
-    assert status.pop("export and ONNX Runtime predict") == "skipped"  # no export command yet
+    assert status.pop("export and ONNX Runtime predict") == "ok"
     assert set(status.values()) == {"ok"} and len(status) >= 10, status
     detail = {s["step"]: s["detail"] for s in report["steps"]}
     assert "gloo" in detail["train --nproc 1 (DDP)"]  # a process group of one, nccl on a GPU

@@ -104,6 +104,28 @@ def test_frozen_keeps_the_backbone_bit_identical_and_only_the_head_trains(name):
     assert changed == {f"{head}.weight", f"{head}.bias"}  # BatchNorm buffers included: nothing else moved
 
 
+def test_weights_from_a_safetensors_file_keep_the_backbone_and_refit_the_head(tmp_path):
+    """A torchvision-layout .safetensors file (1000-way head) as --weights: the backbone is loaded
+    exactly, the head of another class count starts fresh; a file cvkit wrote for another model is
+    refused by name."""
+    from safetensors.torch import save_file
+    from torchvision import models
+
+    from cvkit.build import build_model
+    from cvkit.errors import CheckpointError
+
+    source = models.get_model("mobilenet_v3_small", weights=None).state_dict()
+    path = tmp_path / "mobilenet.safetensors"
+    save_file({k: v.contiguous() for k, v in source.items()}, str(path))
+    model = build_model("mobilenet_v3_small-finetune", num_classes=3, weights=str(path))
+    got = model.state_dict()
+    assert got["classifier.3.weight"].shape == (3, 1024)
+    assert all(torch.equal(got[k], v) for k, v in source.items() if not k.startswith("classifier.3."))
+    save_file({k: v.contiguous() for k, v in source.items()}, str(path), metadata={"model": "resnet18-frozen"})
+    with pytest.raises(CheckpointError, match="a checkpoint of model 'resnet18-frozen'"):
+        build_model("mobilenet_v3_small-finetune", num_classes=3, weights=str(path))
+
+
 def test_weights_none_gives_resnets_zero_init_residual():
     from cvkit.build import build_model
 

@@ -91,6 +91,8 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
+    if ckpt.get("exported") and str(path).lower().endswith(".onnx"):
+        prec = "fp32"  # onnxruntime runs the model as exported
     classes = list(ckpt["classes"])
     dataset, source = eval_data(data, ckpt, transform, plugins, dataset=dataset,
                                 options=dataset_options)

@@ -101,13 +101,10 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     """Top-k classes of ``images`` (files, folders, globs; with ``dataset``, the data of that
     format, e.g. a CSV of labels or shards: every image it holds). ``grid``: also draw the first
     :data:`GRID_MAX` images into this PNG, each captioned with its top class and probability: the
-    user's own pictures, or with ``grid_input`` what the model was given (after the eval transform)."""
-    import torch
-
-    from cvkit.build import decode_min_side
-    from cvkit.inference import restore_model
-    from cvkit.device import resolve_device, resolve_precision
-    from cvkit.device import autocast
+    user's own pictures, or with ``grid_input`` what the model was given (after the eval transform).
+    ``checkpoint`` may be an ``.onnx`` file ``cvkit export`` wrote: it runs with onnxruntime, and
+    nothing here imports torch."""
+    from cvkit.onnxrun import is_onnx, softmax_topk
 
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")
@@ -119,40 +116,95 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
         paths, skipped = dataset_inputs(images[0], dataset, dataset_options, plugins), []
     else:
         paths, skipped = expand_inputs(images)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
-    classes = list(ckpt["classes"])
-    k = min(top_k, len(classes))
-    min_side = decode_min_side(spec)  # large JPEGs decode at a reduced scale, never below this
+    model = (_OnnxPredictor if is_onnx(checkpoint) else _TorchPredictor)(checkpoint, device, precision, plugins)
+    k = min(top_k, len(model.classes))
     results, shown = [], []
     started = time.perf_counter()
-    for chunk, tensors, failed in _decoded_batches(paths, batch_size, transform, min_side):
+    for chunk, inputs, failed in _decoded_batches(paths, batch_size, model.transform, model.min_side):
         skipped += failed
-        if not tensors:
+        if not inputs:
             continue
-        batch = torch.stack(tensors).to(dev)  # one image alone is still a batch: N=1
-        with torch.inference_mode(), autocast(dev, prec):
-            logits = model(batch)
-        probs = logits.float().softmax(dim=1).cpu()
-        top = probs.topk(k, dim=1)
-        for p, x, values, indices in zip(chunk, tensors, top.values, top.indices):
-            preds = [{"label": classes[i], "probability": round(float(v), 6)}
-                     for v, i in zip(values.tolist(), indices.tolist())]
+        values, indices = softmax_topk(model.logits(inputs), k)
+        for p, x, vs, ids in zip(chunk, inputs, values, indices):
+            preds = [{"label": model.classes[i], "probability": round(float(v), 6)}
+                     for v, i in zip(vs.tolist(), ids.tolist())]
             results.append({"path": str(p), "predictions": preds})
             if grid and len(shown) < GRID_MAX:
                 shown.append(x)
     seconds = time.perf_counter() - started
     if not results:
         raise DataError(f"no readable images among {len(paths)} ({skipped[0]['reason']})")
-    report = {"checkpoint": str(path), "model": spec.name, "device": str(dev), "precision": prec,
-              "images": len(results), "seconds": round(seconds, 4),
+    report = {"checkpoint": str(model.path), "model": model.name, "device": model.device,
+              "precision": model.precision, "images": len(results), "seconds": round(seconds, 4),
               "images_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
               "results": results, "skipped": skipped}
     if grid:
-        report["grid"] = str(_draw_grid(Path(grid), results[:len(shown)], shown, spec, path, len(results),
+        report["grid"] = str(_draw_grid(Path(grid), results[:len(shown)], shown, model, len(results),
                                         grid_input=grid_input))
     return report
+
+
+class _TorchPredictor:
+    """A cvkit checkpoint (or an exported ``.safetensors``) rebuilt in PyTorch."""
+
+    def __init__(self, checkpoint, device, precision, plugins):
+        from cvkit.build import decode_min_side
+        from cvkit.device import resolve_device, resolve_precision
+        from cvkit.inference import restore_model
+
+        self.dev = resolve_device(device)
+        self.precision = resolve_precision(precision, self.dev)
+        self.model, ckpt, spec, self.transform, self.path = restore_model(checkpoint, device=self.dev,
+                                                                          plugins=plugins)
+        self.classes, self.name, self.device = list(ckpt["classes"]), spec.name, str(self.dev)
+        self.mean, self.std, self.input_size = spec.mean, spec.std, spec.input_size
+        self.min_side = decode_min_side(spec)  # large JPEGs decode at a reduced scale, never below this
+
+    def logits(self, inputs):
+        import torch
+
+        from cvkit.device import autocast
+
+        batch = torch.stack(inputs).to(self.dev)  # one image alone is still a batch: N=1
+        with torch.inference_mode(), autocast(self.dev, self.precision):
+            return self.model(batch).float().cpu().numpy()
+
+    def model_input(self, x):
+        from cvkit import reports
+
+        return reports.denormalize(x, self.mean, self.std)
+
+
+class _OnnxPredictor:
+    """An ``.onnx`` file cvkit exported, run by onnxruntime on the CPU, fp32; numpy, no torch."""
+
+    def __init__(self, checkpoint, device, precision, plugins):
+        from cvkit.onnxrun import OnnxModel
+
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"--device {device}: an .onnx model runs on the CPU here (onnxruntime)")
+        if precision not in ("auto", "fp32"):
+            raise UsageError(f"--precision {precision}: an .onnx model runs in the precision it was exported in")
+        self.onnx = OnnxModel(checkpoint)
+        meta = self.onnx.meta
+        self.path, self.classes, self.name = self.onnx.path, self.onnx.classes, meta["model"]
+        self.device, self.precision = "cpu onnxruntime", "fp32"
+        self.mean, self.std, self.input_size = meta["mean"], meta["std"], meta["input_size"]
+        self.transform = self.onnx.preprocess
+        resize = meta["resize"]
+        self.min_side = max([resize if isinstance(resize, int) else 0, *(meta["crop"] or meta["input_size"][1:])])
+
+    def logits(self, inputs):
+        import numpy as np
+
+        return self.onnx.run(np.stack(inputs))
+
+    def model_input(self, x):
+        import numpy as np
+
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+        return np.clip(x * std + mean, 0.0, 1.0).transpose(1, 2, 0)  # H x W x C, as image_grid takes arrays
 
 
 def _thumbnail(path, fallback):
@@ -169,10 +221,10 @@ def _thumbnail(path, fallback):
     return picture
 
 
-def _draw_grid(out: Path, results: list[dict], inputs: list, spec, checkpoint, total: int, *, grid_input: bool):
+def _draw_grid(out: Path, results: list[dict], inputs: list, model, total: int, *, grid_input: bool):
     from cvkit import reports
 
-    model_inputs = [reports.denormalize(x, spec.mean, spec.std) for x in inputs]
+    model_inputs = [model.model_input(x) for x in inputs]
     if grid_input:
         images = model_inputs
     else:
@@ -181,8 +233,8 @@ def _draw_grid(out: Path, results: list[dict], inputs: list, spec, checkpoint, t
               f"{Path(r['path']).name[:24]}" for r in results]
     what = "predictions" + (f" (the first {len(results)} of {total})" if total > len(results) else "")
     if grid_input:
-        what += f", model input after the eval transform ({'x'.join(map(str, spec.input_size))})"
-    return reports.image_grid(images, labels, out, title=f"{spec.name} ({checkpoint}): {what}")
+        what += f", model input after the eval transform ({'x'.join(map(str, model.input_size))})"
+    return reports.image_grid(images, labels, out, title=f"{model.name} ({model.path}): {what}")
 
 
 def _decoded_batches(paths, batch_size: int, transform, min_side):
