@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick              # tiny sizes, 1-2 epochs: checks the harness (~3 min)
     python benchmarks/run.py --rows net,help --out results.json
     python benchmarks/run.py --device cuda --rows frozen,frozen-cached,finetune,predict
+    python benchmarks/run.py --rows predict-onnx,predict-one-onnx,onnx-batch   # needs cvkit[export]
     python benchmarks/run.py --cvkit-ref 429ec50  # cvkit as of a commit instead of the working tree
 
 Every measurement is a subprocess of this one, run one after another (never two at once), with the
@@ -36,7 +37,7 @@ reaches ~99.7% there, and a faster loop that learns less is no gain) and 5 for t
 way with the augmentation's draws; 5 points still catches a head or backbone that learned clearly
 less). Being more accurate than the plain loop never fails. ``judge`` is the rule.
 
-Rows (``--rows``, comma-separated; default all):
+Rows (``--rows``, comma-separated; default net, frozen, frozen-cached, finetune, predict and help):
 
 - ``net``: the chapter's Net on the grayscale 32x32 set, 10 epochs: train images/s (images / seconds
   in train phases) cvkit / plain, and the best validation accuracies.
@@ -56,6 +57,28 @@ Rows (``--rows``, comma-separated; default all):
   resnet18-frozen cvkit run from the same backbone when that row is not run.
 - ``help``: median wall time of ``cvkit --help`` / median of ``python -c "import torch"``, the two
   interleaved.
+- ``mobilenet-frozen``, ``convnext-finetune``: two more families (mobilenet_v3_small-frozen,
+  convnext_tiny-finetune) against the plain loop with torchvision's model, like the training rows.
+
+The onnx rows (issue 16) use one export of the predict checkpoint (the ``frozen`` row's run, or the
+1-epoch run the predict row makes): ``cvkit export CK --format onnx --out WORK/x.onnx``, timed but
+counted in no ratio. They need onnxruntime (``pip install "cvkit[export]"``). Their onnx side and
+``onnx-batch`` run on the CPU whatever ``--device`` says (the plain script follows it).
+
+- ``predict-onnx``: the predict folder: images/s of the whole command ``cvkit predict FOLDER
+  --checkpoint x.onnx --top-k 1 --json`` (onnxruntime, torch never imported) / the plain predict
+  script one image at a time (``--plain-predict-batch``, as in the predict row), the two alternating;
+  each loop's own rate beside it; the top-1 agreement of the two.
+- ``predict-one-onnx``: median wall time of ``cvkit predict ONE.jpg --checkpoint x.onnx --json``
+  (the first predict JPEG) / median of ``python -c "import torch"``, interleaved like ``help``.
+- ``onnx-batch``: ``benchmarks/onnx_batch.py``: the forward pass alone on one batch of 32 of the
+  predict JPEGs at the model's 224 px, after warm-up, rounds alternating: cvkit's torch path (the
+  fused model of ``restore_model`` under ``inference_mode`` and ``autocast`` at the auto precision,
+  bf16 on a CPU with it, and in fp32) against ``OnnxModel.run``; images/s of each and onnxruntime's
+  ratio to each. No target: it is for choosing between the two.
+
+They are not in the default set: they need the optional extra, and their ~1.5 minutes (measured 91 s
+with the checkpoint run they made) are no measure of cvkit against the plain training loop.
 
 The frozen rows' backbone. A frozen backbone of random weights gives meaningless features (in eval
 mode its BatchNorm uses the statistics of a net that never saw a picture), so before the frozen rows
@@ -66,12 +89,14 @@ rows (and the predict row's checkpoint) start from that state dict: cvkit with `
 the plain loop with ``plain.py train --backbone PATH``; each puts a fresh head on it.
 
 The table has a target column (the issue's: net >= 1.5x, frozen >= 3x, cached >= 20x per epoch,
-finetune >= 2x, predict >= 2x with >= 99% agreement, help <= 0.15; and the accuracy guards) and
-pass/FAIL; a training row passes only when both its speed target and its accuracy guard pass.
-``--out FILE`` writes every raw number as JSON. Each measurement also records the CPU time of its
-process tree and how busy the rest of the machine was meanwhile (``others``: the share of all cores
-used by processes not ours, from /proc/stat): the machine is shared, so a high share means that
-row's timing is noisy. The exit status is 1 when a command failed, else 0 (also when targets fail).
+finetune >= 2x, predict >= 2x with >= 99% agreement, help <= 0.15; and the accuracy guards; issue
+16's: predict-onnx >= 4x with >= 99% top-1 agreement with the plain script, predict-one-onnx <=
+0.35, none for onnx-batch) and pass/FAIL; a training row passes only when both its speed target and
+its accuracy guard pass. ``--out FILE`` writes every raw number as JSON. Each measurement also
+records the CPU time of its process tree and how busy the rest of the machine was meanwhile
+(``others``: the share of all cores used by processes not ours, from /proc/stat): the machine is
+shared, so a high share means that row's timing is noisy. The exit status is 1 when a command
+failed, else 0 (also when targets fail).
 """
 
 from __future__ import annotations
@@ -97,17 +122,20 @@ sys.path.insert(0, str(HERE))
 import backbone as bench_backbone  # noqa: E402
 import data as bench_data  # noqa: E402
 
-ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help", "mobilenet-frozen", "convnext-finetune")
-DEFAULT_ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help")  # the zoo rows: --rows
+ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help", "mobilenet-frozen", "convnext-finetune",
+        "predict-onnx", "predict-one-onnx", "onnx-batch")
+# the zoo rows and the onnx rows (they need the cvkit[export] extra) by --rows only
+DEFAULT_ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help")
+ONNX_ROWS = ("predict-onnx", "predict-one-onnx", "onnx-batch")
 TRAINING_ROWS = ("net", "frozen", "frozen-cached", "finetune", "mobilenet-frozen", "convnext-finetune")
 
 # (epochs, batch size, lr) per row, full and --quick
 FULL = {"net": (10, 32, 0.05), "frozen": (3, 32, 0.01), "frozen-cached": (4, 32, 0.01),
         "finetune": (2, 32, 0.01), "mobilenet-frozen": (3, 32, 0.01), "convnext-finetune": (3, 32, 0.01),
-        "help_repeats": 7}
+        "help_repeats": 7, "onnx_batch": (2, 7)}  # onnx_batch: (warm-up runs, timed rounds)
 QUICK = {"net": (2, 32, 0.05), "frozen": (1, 8, 0.01), "frozen-cached": (2, 8, 0.01),
          "finetune": (1, 8, 0.01), "mobilenet-frozen": (1, 8, 0.01), "convnext-finetune": (1, 8, 0.01),
-         "help_repeats": 3}
+         "help_repeats": 3, "onnx_batch": (1, 2)}
 
 MODELS = {"frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen", "finetune": "resnet18-finetune",
           "mobilenet-frozen": "mobilenet_v3_small-frozen", "convnext-finetune": "convnext_tiny-finetune"}
@@ -118,7 +146,8 @@ BACKBONE_ROWS = {"frozen": "resnet18", "frozen-cached": "resnet18", "mobilenet-f
 
 TARGETS = {"net": 1.5, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0, "mobilenet-frozen": 1.0,
            "convnext-finetune": 1.0,
-           "predict": 2.0, "predict-agreement": 0.99, "help": 0.15}
+           "predict": 2.0, "predict-agreement": 0.99, "help": 0.15,
+           "predict-onnx": 4.0, "predict-onnx-agreement": 0.99, "predict-one-onnx": 0.35}
 # how many points cvkit's best val accuracy may lie below the best plain configuration's (see the docstring)
 ACCURACY_TOLERANCE = {"net": 1.0, "frozen": 5.0, "frozen-cached": 5.0, "finetune": 5.0, "mobilenet-frozen": 5.0,
                       "convnext-finetune": 5.0}
@@ -258,6 +287,7 @@ class Bench:
         self.env = cvkit_env(args.cvkit_source)
         self.results: dict = {}
         self.checkpoint: str | None = None
+        self.onnx: dict | None = None  # the onnx rows' export of self.checkpoint (onnx_export), once made
         self.backbones: dict = {}  # architecture -> benchmarks/backbone.py's summary, once trained or found
 
     def settings(self, row: str) -> tuple[int, int, float]:
@@ -424,12 +454,18 @@ class Bench:
         rec["loop_images_per_second"] = _loop_rate(log_path)
         return rec
 
+    def predict_checkpoint(self) -> dict | None:
+        """``self.checkpoint``: the ``frozen`` row's cvkit run, else a 1-epoch resnet18-frozen cvkit run
+        from the same backbone, made once; returns that run's record when it was made now."""
+        if self.checkpoint:
+            return None
+        made = self.cvkit_train("frozen", "resnet18-frozen", self.data["rgb"]["root"], None, epochs=1,
+                                name="predict-checkpoint-run", weights=self.backbone_path())
+        self.checkpoint = made["result"]["best_checkpoint"]
+        return made
+
     def row_predict(self) -> dict:
-        made = None
-        if not self.checkpoint:
-            made = self.cvkit_train("frozen", "resnet18-frozen", self.data["rgb"]["root"], None, epochs=1,
-                                    name="predict-checkpoint-run", weights=self.backbone_path())
-            self.checkpoint = made["result"]["best_checkpoint"]
+        made = self.predict_checkpoint()
         n, one, batched = self.args.repeat, self.args.plain_predict_batch, self.args.plain_predict_batched
         runs = self.alternate({"plain": (lambda a: self.plain_predict(one, a), n),
                                "plain_batched": (lambda a: self.plain_predict(batched, a), n),
@@ -459,6 +495,80 @@ class Bench:
         return {"help_seconds": helps, "import_torch_seconds": torches, "help_median": round(h_med, 4),
                 "import_torch_median": round(t_med, 4), "ratio": round(h_med / t_med, 4) if t_med else None,
                 "others_busy": round(statistics.mean(others), 3) if others else None}
+
+    def onnx_export(self) -> dict:
+        """``cvkit export CHECKPOINT --format onnx --out WORK/x.onnx`` of the predict checkpoint, once
+        for the onnx rows; its record (with ``checkpoint_run`` when that checkpoint was made for it)."""
+        if self.onnx is None:
+            made = self.predict_checkpoint()
+            out = self.work / "x.onnx"
+            cmd = [*self.cvkit, "export", self.checkpoint, "--format", "onnx", "--out", str(out), "--json"]
+            log(f"onnx: cvkit export {self.checkpoint} --format onnx --out {out}")
+            rec = measure(cmd, log_path=self.work / "onnx-export.log", env=self.env)
+            rec["result"] = parse_json(rec.pop("stdout"))
+            self.onnx = {**rec, "path": str(out), "checkpoint": self.checkpoint, "checkpoint_run": made}
+            log(f"onnx: exported in {rec['wall_seconds']:.1f}s ({out.stat().st_size / 1e6:.1f} MB)")
+        return self.onnx
+
+    def cvkit_predict_onnx(self, attempt: int) -> dict:
+        cmd = [*self.cvkit, "predict", self.data["predict"]["root"], "--checkpoint", self.onnx["path"],
+               "--top-k", "1", "--json"]
+        log_path = self.work / f"predict-onnx-cvkit{self._suffix(attempt)}.log"
+        log("predict-onnx: cvkit predict --checkpoint x.onnx")
+        rec = measure(cmd, log_path=log_path, env=self.env)
+        rec["top1"] = _top1(parse_json(rec.pop("stdout")))
+        rec["loop_images_per_second"] = _loop_rate(log_path)
+        rec["ran_on"] = _ran_on(log_path)
+        return rec
+
+    def row_predict_onnx(self) -> dict:
+        export = self.onnx_export()
+        n, one = self.args.repeat, self.args.plain_predict_batch
+        runs = self.alternate({"plain": (lambda a: self.plain_predict(one, a), n),
+                               "cvkit_onnx": (lambda a: self.cvkit_predict_onnx(a), n)})
+        r = predict_onnx_summary(runs)
+        rates = r["images_per_second"]
+        log(f"predict-onnx: plain {rates['plain']} images/s, cvkit onnx {rates['cvkit_onnx']} images/s "
+            f"(whole commands); top-1 agreement {r['agreement']}")
+        return {**r, "export": export, "images": self.data["predict"]["images"],
+                "timing": "wall time of each whole command (start-up, imports, model load, all images)"}
+
+    def row_predict_one_onnx(self) -> dict:
+        n = self.sizes["help_repeats"] if self.args.help_repeats is None else self.args.help_repeats
+        export = self.onnx_export()
+        image = sorted(Path(self.data["predict"]["root"]).glob("*.jpg"))[0]
+        one_cmd = [*self.cvkit, "predict", str(image), "--checkpoint", export["path"], "--json"]
+        torch_cmd = [sys.executable, "-c", "import torch"]
+        log(f"predict-one-onnx: cvkit predict {image.name} --checkpoint x.onnx and python -c 'import torch', "
+            f"{n} times each, interleaved")
+        ones, torches, others, labels = [], [], [], set()
+        for _ in range(n):
+            o = measure(one_cmd, env=self.env)
+            t = measure(torch_cmd)
+            labels.update(_top1(parse_json(o["stdout"])).values())
+            ones.append(o["wall_seconds"])
+            torches.append(t["wall_seconds"])
+            others += [o["others_busy"], t["others_busy"]]
+        o_med, t_med = statistics.median(ones), statistics.median(torches)
+        others = [o for o in others if o is not None]
+        return {"image": str(image), "labels": sorted(labels), "predict_one_seconds": ones,
+                "import_torch_seconds": torches, "predict_one_median": round(o_med, 4),
+                "import_torch_median": round(t_med, 4), "ratio": round(o_med / t_med, 4) if t_med else None,
+                "others_busy": round(statistics.mean(others), 3) if others else None, "export": export["path"]}
+
+    def row_onnx_batch(self) -> dict:
+        export = self.onnx_export()
+        warmup, iterations = self.sizes["onnx_batch"]
+        cmd = [sys.executable, str(HERE / "onnx_batch.py"), self.checkpoint, export["path"],
+               "--images", self.data["predict"]["root"], "--batch", "32", "--warmup", str(warmup),
+               "--iterations", str(iterations), "--seed", str(self.args.seed)]
+        log(f"onnx-batch: torch (auto precision, fp32) and onnxruntime, batch 32, {warmup} warm-up + "
+            f"{iterations} alternating rounds")
+        rec = measure(cmd, log_path=self.work / "onnx-batch.log", env=self.env)
+        rec["result"] = parse_json(rec.pop("stdout"))
+        r = onnx_batch_summary(rec["result"])
+        log(f"onnx-batch: images/s {r['images_per_second']}")
+        return {**r, "run": rec, "export": export["path"], "checkpoint": self.checkpoint}
 
     def run(self, rows) -> bool:
         ok = True
@@ -581,6 +691,30 @@ def predict_summary(runs: dict) -> dict:
                                               for n in ("plain", "plain_batched")}}
 
 
+def predict_onnx_summary(runs: dict) -> dict:
+    """The predict-onnx row's numbers from the fastest run of each command (``plain``: the plain
+    script; ``cvkit_onnx``: ``cvkit predict --checkpoint x.onnx``): whole-command images/s, their
+    ratio (the target's), the loop ratio, and the top-1 agreement of the two."""
+    top1 = {name: rec.pop("top1") for name, rec in runs.items()}
+    rates = {name: _rate(len(top1[name]), rec["wall_seconds"]) for name, rec in runs.items()}
+    return {**runs, "predicted": {n: len(t) for n, t in top1.items()}, "images_per_second": rates,
+            "plain_batch_size": runs["plain"]["result"]["batch_size"],
+            "ratio": _ratio(rates["cvkit_onnx"], rates["plain"]),
+            "loop_ratio": _ratio(runs["cvkit_onnx"].get("loop_images_per_second"),
+                                 runs["plain"]["result"]["loop_images_per_second"]),
+            "agreement": _agreement(top1["cvkit_onnx"], top1["plain"])}
+
+
+def onnx_batch_summary(result: dict) -> dict:
+    """The onnx-batch row's numbers from ``benchmarks/onnx_batch.py``'s JSON: images/s of each side
+    and onnxruntime's ratio against each torch side (no target: for choosing)."""
+    rates = result["images_per_second"]
+    return {"images_per_second": rates, "batch_size": result["batch_size"], "input_size": result["input_size"],
+            "precision_auto": result["precision_auto"], "iterations": result["iterations"],
+            "ratios": {side: _ratio(rates["onnx"], rates[side]) for side in ("torch-auto", "torch-fp32")},
+            "onnx_vs": result["onnx_vs"]}
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -614,6 +748,15 @@ def _loop_rate(log_path: Path):
 
     found = re.findall(r"\(([0-9.]+) images/s, ", log_path.read_text(errors="replace"))
     return float(found[-1]) if found else None
+
+
+def _ran_on(log_path: Path):
+    """What cvkit predict says it ran on (device and precision, e.g. "cpu onnxruntime fp32"), from the
+    same summary line; None for a cvkit without it."""
+    import re
+
+    found = re.findall(r"images/s, ([^)]*)\)", log_path.read_text(errors="replace"))
+    return found[-1] if found else None
 
 
 def _top1(report) -> dict:
@@ -660,11 +803,19 @@ def table_rows(results: dict) -> list[dict]:
             _training_lines(add, row, r)
         elif row == "predict":
             _predict_lines(add, r)
+        elif row == "predict-onnx":
+            _predict_onnx_lines(add, r)
+        elif row == "predict-one-onnx":
+            add(row, "seconds (median): import torch vs cvkit predict ONE.jpg --checkpoint x.onnx",
+                r["import_torch_median"], r["predict_one_median"], r["ratio"], f"<= {TARGETS[row]}",
+                _le(r["ratio"], TARGETS[row]), f"{_runs(len(r['predict_one_seconds']))} each, interleaved; "
+                f"whole command, start-up to exit; others busy {_share(r['others_busy'])}")
+        elif row == "onnx-batch":
+            _onnx_batch_lines(add, r)
         elif row == "help":
             add("--help", "seconds (median): import torch vs cvkit --help", r["import_torch_median"],
                 r["help_median"], r["ratio"], f"<= {TARGETS['help']}", _le(r["ratio"], TARGETS["help"]),
-                f"{len(r['help_seconds'])} run{'s' if len(r['help_seconds']) != 1 else ''} each, interleaved; "
-                f"others busy {'?' if r['others_busy'] is None else format(r['others_busy'], '.0%')}")
+                f"{_runs(len(r['help_seconds']))} each, interleaved; others busy {_share(r['others_busy'])}")
     return lines
 
 
@@ -728,6 +879,45 @@ def _predict_lines(add, r: dict) -> None:
         f"{batch_label(sizes['plain_batched'])} {_fmt(agree['plain_batched'])}")
 
 
+def _predict_onnx_lines(add, r: dict) -> None:
+    """The predict-onnx row: the whole command against the plain script (the target), each
+    command's loop alone, and the top-1 agreement of the two."""
+    rates, plain = r["images_per_second"], batch_label(r["plain_batch_size"])
+    images = f"images/s, {r['images']} JPEGs"
+    onnx = r["cvkit_onnx"]
+    add("predict-onnx", f"{images}, whole command, cvkit predict --checkpoint x.onnx vs plain {plain}",
+        rates["plain"], rates["cvkit_onnx"], r["ratio"], f">= {TARGETS['predict-onnx']}x",
+        _ge(r["ratio"], TARGETS["predict-onnx"]),
+        f"plain script torch fp32, no DataLoader; cvkit {onnx.get('ran_on') or '?'}; "
+        f"export took {r['export']['wall_seconds']:.1f}s (not counted); others busy {_others(r['plain'], onnx)}")
+    add("predict-onnx", f"{images}, loop alone (read, transform, model), vs plain {plain}",
+        r["plain"]["result"]["loop_images_per_second"], onnx.get("loop_images_per_second"), r["loop_ratio"], "",
+        None, "each command's own timing of its loop, start-up and model loading left out")
+    add("predict-onnx", "top-1 agreement, cvkit onnx vs the plain script", None, r["agreement"], r["agreement"],
+        f">= {TARGETS['predict-onnx-agreement']:.0%}", _ge(r["agreement"], TARGETS["predict-onnx-agreement"]),
+        f"{r['predicted']['cvkit_onnx']} and {r['predicted']['plain']} images predicted")
+
+
+def _onnx_batch_lines(add, r: dict) -> None:
+    """The onnx-batch row: onnxruntime (the cvkit column) against cvkit's torch path (the plain
+    column) at its auto precision and in fp32; no target."""
+    rates, auto = r["images_per_second"], r["precision_auto"]
+    size = "x".join(str(v) for v in r["input_size"])
+    for side, label in (("torch-auto", f"torch {auto} (auto)"), ("torch-fp32", "torch fp32")):
+        if side == "torch-auto" and auto == "fp32":
+            continue  # the same as the fp32 line
+        diff = r["onnx_vs"][side]
+        add("onnx-batch", f"images/s, forward only, batch {r['batch_size']} at {size}: {label} (plain column) vs "
+            f"onnxruntime fp32 (cvkit column)", rates[side], rates["onnx"], r["ratios"][side], "", None,
+            f"no target: for choosing; median of {_runs(r['iterations'])}, alternating; onnx vs {label}: top-1 "
+            f"agreement {diff['top1_agreement']:.0%}, max |logit diff| {diff['relative_to_largest_logit']:.2g} "
+            f"of the largest; others busy {_others(r['run'])}")
+
+
+def _share(value) -> str:
+    return "?" if value is None else format(value, ".0%")
+
+
 def _ge(value, target):
     return None if value is None else value >= target
 
@@ -763,7 +953,8 @@ def print_table(lines: list[dict], meta: dict) -> None:
         ratio = line["ratio"]
         ratio_text = "-" if ratio is None else (f"{ratio:+.2f} pt" if line["metric"] == "best val accuracy"
                                                 else f"{ratio:.1%}" if "agreement" in line["metric"]
-                                                else f"{ratio:.2f}x" if line["row"] != "--help" else f"{ratio:.3f}")
+                                                else f"{ratio:.3f}" if line["metric"].startswith("seconds")
+                                                else f"{ratio:.2f}x")
         table.add_row(line["row"], line["metric"], _fmt(line["plain"]), _fmt(line["cvkit"]), ratio_text,
                       line["target"] or "-", mark, line["note"])
     console.print(table)
@@ -917,9 +1108,10 @@ def prepare_data(args) -> dict:
     needs = set()
     if "net" in args.rows:
         needs.add("gray")
-    if {"frozen", "frozen-cached", "finetune", "predict", "mobilenet-frozen", "convnext-finetune"} & set(args.rows):
+    if {"frozen", "frozen-cached", "finetune", "predict", "mobilenet-frozen", "convnext-finetune",
+            *ONNX_ROWS} & set(args.rows):
         needs.add("rgb")
-    if "predict" in args.rows:
+    if {"predict", *ONNX_ROWS} & set(args.rows):
         needs.add("predict")
     log(f"data: drawing or reusing {', '.join(sorted(needs)) or 'nothing'} under {args.data_root}")
     datasets = bench_data.build_all(args.data_root, quick=args.quick, seed=args.seed,

@@ -151,6 +151,44 @@ def test_predict_row_has_a_batched_plain_line_and_compares_with_the_faster():
     assert "vs plain one image at a time" in whole[1]["metric"] and whole[1]["passed"] is None
 
 
+def test_onnx_rows_verdicts_and_table_lines():
+    bench = _bench_run()
+    top1 = {f"/p/{i}.jpg": "sea" for i in range(100)}
+
+    def predict_onnx(seconds, differ):  # the row from made-up runs; ``differ`` images predicted otherwise
+        runs = {"plain": _predict_run(1, 10.0, 12.0, top1),
+                "cvkit_onnx": {"wall_seconds": seconds, "others_busy": 0.0, "loop_images_per_second": 60.0,
+                               "ran_on": "cpu onnxruntime fp32",
+                               "top1": {**top1, **{f"/p/{i}.jpg": "dusk" for i in range(differ)}}}}
+        return {**bench.predict_onnx_summary(runs), "images": 100, "export": {"wall_seconds": 9.0}}
+
+    r = predict_onnx(2.0, 1)
+    assert r["images_per_second"] == {"plain": 10.0, "cvkit_onnx": 50.0}
+    assert r["ratio"] == pytest.approx(5.0) and r["loop_ratio"] == pytest.approx(5.0) and r["agreement"] == 0.99
+    one = {"predict_one_seconds": [0.5, 0.6, 0.7], "import_torch_seconds": [2.0, 2.0, 2.0], "predict_one_median": 0.6,
+           "import_torch_median": 2.0, "ratio": 0.3, "others_busy": 0.0}
+    result = {"images_per_second": {"torch-auto": 90.0, "torch-fp32": 50.0, "onnx": 60.0}, "batch_size": 32,
+              "input_size": [3, 224, 224], "precision_auto": "bf16", "iterations": 7,
+              "onnx_vs": {s: {"top1_agreement": 1.0, "relative_to_largest_logit": 1e-3}
+                          for s in ("torch-auto", "torch-fp32")}}
+    batch = {**bench.onnx_batch_summary(result), "run": {"others_busy": 0.0}}
+    assert batch["ratios"] == {"torch-auto": pytest.approx(60 / 90, abs=1e-3), "torch-fp32": pytest.approx(1.2)}
+    lines = bench.table_rows({"predict-onnx": r, "predict-one-onnx": one, "onnx-batch": batch})
+    by_row = {}
+    for line in lines:
+        by_row.setdefault(line["row"], []).append(line)
+    whole, loop, agreement = by_row["predict-onnx"]
+    assert whole["ratio"] == pytest.approx(5.0) and whole["passed"] is True and ">= 4.0x" in whole["target"]
+    assert loop["passed"] is None and agreement["passed"] is True and agreement["cvkit"] == 0.99
+    assert [line["passed"] for line in by_row["predict-one-onnx"]] == [True]  # 0.3 <= 0.35
+    assert [(line["plain"], line["cvkit"], line["passed"]) for line in by_row["onnx-batch"]] == [
+        (90.0, 60.0, None), (50.0, 60.0, None)]  # no target
+    one["ratio"] = 0.36
+    lines = bench.table_rows({"predict-onnx": predict_onnx(3.0, 2), "predict-one-onnx": one})
+    assert [line["passed"] for line in lines] == [False, None, False, False]  # 3.33x, 98%, 0.36
+    assert set(bench.ONNX_ROWS) <= set(bench.ROWS) and not set(bench.ONNX_ROWS) & set(bench.DEFAULT_ROWS)
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
