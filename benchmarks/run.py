@@ -61,8 +61,8 @@ Rows (``--rows``, comma-separated; default net, frozen, frozen-cached, finetune,
   convnext_tiny-finetune) against the plain loop with torchvision's model, like the training rows.
 
 The onnx rows (issue 16) use one export of the predict checkpoint (the ``frozen`` row's run, or the
-1-epoch run the predict row makes): ``cvkit export CK --format onnx --out WORK/x.onnx``, timed but
-counted in no ratio. They need onnxruntime (``pip install "cvkit[export]"``). Their onnx side and
+1-epoch run the predict row makes): ``cvkit export CK --format onnx --out WORK/x.onnx`` (with
+``--onnx-quantize int8``: ``--quantize int8``), timed but counted in no ratio. They need onnxruntime (``pip install "cvkit[export]"``). Their onnx side and
 ``onnx-batch`` run on the CPU whatever ``--device`` says (the plain script follows it).
 
 - ``predict-onnx``: the predict folder: images/s of the whole command ``cvkit predict FOLDER
@@ -502,8 +502,9 @@ class Bench:
         if self.onnx is None:
             made = self.predict_checkpoint()
             out = self.work / "x.onnx"
-            cmd = [*self.cvkit, "export", self.checkpoint, "--format", "onnx", "--out", str(out), "--json"]
-            log(f"onnx: cvkit export {self.checkpoint} --format onnx --out {out}")
+            quantize = ["--quantize", self.args.onnx_quantize] if self.args.onnx_quantize else []
+            cmd = [*self.cvkit, "export", self.checkpoint, "--format", "onnx", "--out", str(out), "--json", *quantize]
+            log(f"onnx: cvkit export {self.checkpoint} --format onnx --out {out} {' '.join(quantize)}")
             rec = measure(cmd, log_path=self.work / "onnx-export.log", env=self.env)
             rec["result"] = parse_json(rec.pop("stdout"))
             self.onnx = {**rec, "path": str(out), "checkpoint": self.checkpoint, "checkpoint_run": made}
@@ -885,7 +886,8 @@ def _predict_onnx_lines(add, r: dict) -> None:
     rates, plain = r["images_per_second"], batch_label(r["plain_batch_size"])
     images = f"images/s, {r['images']} JPEGs"
     onnx = r["cvkit_onnx"]
-    add("predict-onnx", f"{images}, whole command, cvkit predict --checkpoint x.onnx vs plain {plain}",
+    kind = f" ({((r['export'].get('result') or {}).get('metadata') or {}).get('quantization') or 'float32'})"
+    add("predict-onnx", f"{images}, whole command, cvkit predict --checkpoint x.onnx{kind} vs plain {plain}",
         rates["plain"], rates["cvkit_onnx"], r["ratio"], f">= {TARGETS['predict-onnx']}x",
         _ge(r["ratio"], TARGETS["predict-onnx"]),
         f"plain script torch fp32, no DataLoader; cvkit {onnx.get('ran_on') or '?'}; "
@@ -1071,6 +1073,8 @@ def parse_args(argv=None):
                         help="benchmark cvkit/ and plugins/ as of this git commit (exported to the work folder "
                              "and put first on cvkit's PYTHONPATH) instead of the working tree; the installed "
                              "entry points must name the same plugin modules [the working tree]")
+    parser.add_argument("--onnx-quantize", choices=["int8"],
+                        help="the onnx rows' export: cvkit export --quantize int8 [float32]")
     parser.add_argument("--repeat", type=int,
                         help="run each training and predict command this many times, the sides "
                              "alternating, and keep each side's fastest run (for noisy machines; see "

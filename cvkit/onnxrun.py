@@ -79,18 +79,22 @@ def preprocess(picture, meta: dict):
     0-1, normalise; the steps and numbers of ``meta``."""
     import numpy as np
 
-    channels = meta["input_size"][0]
-    picture = picture.convert("L" if channels == 1 else "RGB")
+    mode = "L" if meta["input_size"][0] == 1 else "RGB"
+    if picture.mode != mode:
+        picture = picture.convert(mode)
     resample = RESAMPLING.get(meta.get("interpolation") or "bilinear", 2)
     if meta["resize"] is not None:
         picture = _resize(picture, meta["resize"], resample)
     if meta["crop"] is not None:
         picture = _center_crop(picture, *meta["crop"])
-    x = np.asarray(picture, dtype=np.float32) / 255.0
-    x = x[:, :, None] if x.ndim == 2 else x
-    mean = np.asarray(meta["mean"], dtype=np.float32)
-    std = np.asarray(meta["std"], dtype=np.float32)
-    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+    pixels = np.asarray(picture)
+    pixels = (pixels[:, :, None] if pixels.ndim == 2 else pixels).transpose(2, 0, 1)
+    mean = np.asarray(meta["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(meta["std"], dtype=np.float32)[:, None, None]
+    x = np.empty(pixels.shape, dtype=np.float32)  # (pixel / 255 - mean) / std, in two passes
+    np.multiply(pixels, 1.0 / (255.0 * std), out=x, casting="unsafe")
+    x -= mean / std
+    return x
 
 
 def _resize(picture, size, resample):

@@ -11,7 +11,6 @@ import urllib.error
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import REPO
 

@@ -4,7 +4,6 @@ the train and val class sets differ (docs/reliability.md rows 3, 9, 14 and 18)."
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

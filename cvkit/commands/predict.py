@@ -188,7 +188,7 @@ class _OnnxPredictor:
         self.onnx = OnnxModel(checkpoint)
         meta = self.onnx.meta
         self.path, self.classes, self.name = self.onnx.path, self.onnx.classes, meta["model"]
-        self.device, self.precision = "cpu onnxruntime", "fp32"
+        self.device, self.precision = "cpu onnxruntime", meta.get("quantization") or "fp32"
         self.mean, self.std, self.input_size = meta["mean"], meta["std"], meta["input_size"]
         self.transform = self.onnx.preprocess
         resize = meta["resize"]
