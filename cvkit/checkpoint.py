@@ -24,26 +24,39 @@ def save_checkpoint(payload: dict, path) -> Path:
     """Write ``payload`` to ``path`` atomically."""
     import torch
 
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    return atomic_write(path, write, where=str(path), failure="cannot write checkpoint")
+
+
+def atomic_write(path, write, *, where: str, failure: str) -> Path:
+    """Make ``path`` with ``write(tmp)``, which fills a temporary file in the same folder; it is then
+    flushed to disk and renamed over ``path``, so a crash leaves the old file or the new one, never
+    part of one, and a failure leaves nothing behind. An ``OSError`` becomes one line,
+    ``"{where}: {failure} (reason)"``; any other exception propagates after the clean-up."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
+        raise CheckpointError(f"{where}: {failure} ({exc.strerror or exc})") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the usual permissions
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        for leftover in (tmp, tmp + ".data"):  # .data: an exporter's external weights, if it made them
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
+            raise CheckpointError(f"{where}: {failure} ({exc.strerror or exc})") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -8,7 +8,7 @@ atomically (a temporary file in the same folder, renamed over the target when co
   description in its extra file ``cvkit.json``.
 - ``safetensors``: the weights by name; the description in the header's ``__metadata__``.
 
-Each ``load_*`` returns a callable ``f(numpy batch) -> numpy logits`` for ``cvkit export --check``.
+``load_runner`` returns a callable ``f(numpy batch) -> numpy logits`` for ``cvkit export --check``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from cvkit.describe import to_strings
-from cvkit.errors import CheckpointError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2", "safetensors": ".safetensors"}
 EXTRA_FILE = "cvkit.json"
@@ -53,36 +50,17 @@ def quiet():
 def write(fmt: str, model, meta: dict, out: Path, *, state: dict | None = None, calibration=None) -> Path:
     """Export ``model`` (eval mode, CPU, fp32) in ``fmt`` to ``out`` with the description ``meta``.
     ``calibration``: for ONNX, batches (numpy) of training images to quantize the file to int8 with."""
+    from cvkit.checkpoint import atomic_write
+
     writer = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2, "safetensors": _safetensors}[fmt]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise CheckpointError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-    try:
+
+    def make(tmp: Path) -> None:
         with quiet():
-            writer(model, meta, Path(tmp), state)
+            writer(model, meta, tmp, state)
             if calibration is not None:
-                quantize_int8(Path(tmp), meta, calibration)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException as exc:
-        for leftover in (tmp, tmp + ".data"):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-        raise
-    return out
+                quantize_int8(tmp, meta, calibration)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(out, make, where=f"--out {out}", failure="cannot write there")
 
 
 def _example(meta: dict, batch: int = 2):
