@@ -15,6 +15,7 @@ An exported model (ONNX ``metadata_props``, the ``cvkit.json`` extra file of Tor
 ``transform``      the name of the cvkit eval transform
 ``cvkit_version``  the cvkit that wrote it
 ``cvkit_model``    what cvkit needs to rebuild the model (its registration, the run's options)
+``quantization``   ``"int8"`` for an int8 ONNX file (``--quantize int8``); absent otherwise
 =================  ==========================================================================
 
 Every value is a JSON string (``json.loads`` each). This module imports neither torch nor numpy:
@@ -28,7 +29,7 @@ import json
 from cvkit.errors import CheckpointError
 
 REQUIRED = ("classes", "input_size", "mean", "std", "resize", "crop", "interpolation", "model")
-KEYS = REQUIRED + ("transform", "cvkit_version", "cvkit_model")
+KEYS = REQUIRED + ("transform", "cvkit_version", "cvkit_model", "quantization")
 
 
 def describe(ckpt: dict, transform) -> dict:

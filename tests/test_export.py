@@ -311,5 +311,7 @@ def test_int8_onnx_keeps_top1_and_says_so(cli, tmp_path):
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
     assert json.loads({p.key: p.value for p in proto.metadata_props}["quantization"]) == "int8"
     assert q["bytes"] < f["bytes"]
+    r = cli("predict", str(root / "val"), "-c", q["out"], "--json")
+    assert r.code == 0 and "cpu onnxruntime int8" in r.err, r.err  # the summary says what ran
     r = cli("export", str(run), "--format", "pt2", "--quantize", "int8")
     assert r.code == 2 and "--quantize int8: only int8, and only with --format onnx" in r.err
