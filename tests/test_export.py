@@ -315,3 +315,18 @@ def test_int8_onnx_keeps_top1_and_says_so(cli, tmp_path):
     assert r.code == 0 and "cpu onnxruntime int8" in r.err, r.err  # the summary says what ran
     r = cli("export", str(run), "--format", "pt2", "--quantize", "int8")
     assert r.code == 2 and "--quantize int8: only int8, and only with --format onnx" in r.err
+
+
+def test_without_the_export_extra_one_line_says_what_to_install(cli, runs, data, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    r = cli("export", str(runs["net"]), "--format", "onnx")
+    assert r.code == 2 and r.err.strip() == 'cvkit: error: --format onnx needs onnxscript: pip install "cvkit[export]"'
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    onnx_file = export(cli, runs["net"], "onnx")["out"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    r = cli("predict", str(data / "val"), "-c", onnx_file)
+    assert r.code == 4 and 'needs onnxruntime: pip install "cvkit[export]"' in r.err
+    assert len(r.err.strip().splitlines()) == 1

@@ -14,7 +14,6 @@ from cvkit.errors import CheckpointError, CvkitError, UsageError
 RELATIVE_TOLERANCE = 1e-3
 INT8_AGREEMENT = 0.99  # an int8 model passes --check when at least this share of top-1 classes agree
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "safetensors": ("safetensors",)}
-INSTALL = 'pip install "cvkit[export]"'
 
 
 def export_model(source: str | None, *, fmt: str = "onnx", out: str | None = None, check: int | None = None,
@@ -91,6 +90,8 @@ def _calibration_batches(ckpt: dict, transform, plugins, *, where: str) -> list:
 
 def _needs(fmt: str) -> None:
     import importlib.util
+
+    from cvkit.onnxrun import INSTALL
 
     missing = [m for m in NEEDS.get(fmt, ()) if importlib.util.find_spec(m) is None]
     if missing:
