@@ -10,26 +10,44 @@ from cvkit.errors import DataError
 MISCLASSIFIED_SHOWN = 32
 
 
+def run_splits(ckpt: dict, transform, plugins, *, dataset: str | None = None, options: dict | None = None):
+    """``(splits, root)``: the run's own train and val splits, as it made them (its DATA, format,
+    ``--val-split`` and seed), both through ``transform``."""
+    from cvkit.data import load_splits
+
+    config = ckpt.get("config") or {}
+    dataset, options = _format_of(config, dataset, options)
+    root = config.get("data")
+    if not root:
+        raise DataError("the checkpoint does not record its training data")
+    splits = load_splits(root, dataset=dataset, train_transform=transform, eval_transform=transform,
+                         val_split=config.get("val_split"), seed=config.get("seed", 0), options=options,
+                         plugins=plugins)
+    return splits, root
+
+
+def _format_of(config: dict, dataset: str | None, options: dict | None) -> tuple[str, dict | None]:
+    """The data format (``dataset``, else the one the run trained on) and its options (with the
+    run's own when it is that format, e.g. the CSV's column names)."""
+    trained_on = config.get("dataset") or "imagefolder"
+    dataset = dataset or trained_on
+    if dataset == trained_on:
+        options = {**((config.get("options") or {}).get("dataset") or {}), **(options or {})}
+    return dataset, options
+
+
 def eval_data(data: str | None, ckpt: dict, transform, plugins, dataset: str | None = None,
               options: dict | None = None):
     """The dataset to evaluate on: DATA's validation split (all of DATA when it has no splits), or
     the run's own validation split. The format is ``dataset``, else the one the run trained on."""
     from cvkit.build import build_dataset, dataset_splits
-    from cvkit.data import load_splits
 
-    config = ckpt.get("config") or {}
-    trained_on = config.get("dataset") or "imagefolder"
-    dataset = dataset or trained_on
-    if dataset == trained_on:  # e.g. the CSV's column names the run was given
-        options = {**((config.get("options") or {}).get("dataset") or {}), **(options or {})}
     if data is None:
-        root = config.get("data")
-        if not root:
+        if not (ckpt.get("config") or {}).get("data"):
             raise DataError("no DATA given and the checkpoint does not record its training data")
-        splits = load_splits(root, dataset=dataset, train_transform=transform, eval_transform=transform,
-                             val_split=config.get("val_split"), seed=config.get("seed", 0), options=options,
-                             plugins=plugins)
+        splits, root = run_splits(ckpt, transform, plugins, dataset=dataset, options=options)
         return splits.val, f"{root} (the run's validation split)"
+    dataset, options = _format_of(ckpt.get("config") or {}, dataset, options)
     has = dataset_splits(dataset, data, options=options, plugins=plugins)
     split = "val" if "val" in has else "train" if "train" in has else None
     ds = build_dataset(dataset, data, split=split, transform=transform, options=options, plugins=plugins)

@@ -69,17 +69,10 @@ def _calibration_batches(ckpt: dict, transform, plugins, *, where: str) -> list:
     """Batches of the run's training images as the model sees them at inference (eval transform)."""
     import torch
 
-    from cvkit.data import load_splits
+    from cvkit.commands.evaluate import run_splits
 
-    config = ckpt.get("config") or {}
-    if not config.get("data"):
-        raise CheckpointError(f"{where}: calibrates on the run's training images, and the checkpoint "
-                              f"does not record its data")
     try:
-        splits = load_splits(config["data"], dataset=config.get("dataset") or "imagefolder",
-                             train_transform=transform, eval_transform=transform,
-                             val_split=config.get("val_split"), seed=config.get("seed", 0),
-                             options=(config.get("options") or {}).get("dataset"), plugins=plugins)
+        splits, _ = run_splits(ckpt, transform, plugins)
     except CvkitError as exc:
         raise CheckpointError(f"{where}: calibrates on the run's training images, which cannot be read "
                               f"({exc})") from None
