@@ -43,10 +43,15 @@ class Callbacks:
                 run.stopped_by = callback.name
 
     def step_hook(self, run):
-        """``on_step(step)`` for the loop when a callback has ``on_step_end``, else None (no cost)."""
+        """``on_step(step, loss)`` for the loop when a callback has ``on_step_end``, else None (no cost);
+        the step's loss value is ``run.step_loss`` for the callbacks."""
         if not any(hasattr(getattr(c, "obj", c), "on_step_end") for c in self.callbacks):
             return None
-        return lambda step: self.call("on_step_end", run, step)
+        def on_step(step: int, loss: float) -> None:
+            run.step_loss = loss
+            self.call("on_step_end", run, step)
+
+        return on_step
 
 
 class Registered:

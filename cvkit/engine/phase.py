@@ -86,8 +86,8 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     ``dist`` (a :class:`~cvkit.distributed.Dist` of several processes): each training step, one
     all-reduce makes every process see the same loss check and the same stop decision, so all of
     them stop at the same step. The result is this process's shard's; see
-    :func:`cvkit.distributed.reduce_phase`. ``on_step(step)``, if given, is called after each
-    optimizer step (the callbacks' ``on_step_end``).
+    :func:`cvkit.distributed.reduce_phase`. ``on_step(step, loss)``, if given, is called after each
+    optimizer step with that step's number and its batch's loss value (the callbacks' ``on_step_end``).
     """
     training = optimizer is not None
     model.train(training)
@@ -192,7 +192,7 @@ class _Pass:
             self.backward(loss, loss_value)
         tally.add(logits, y, loss_value)
         if self.on_step is not None and self.training:
-            self.on_step(self.step)
+            self.on_step(self.step, loss_value)
         return stop_all
 
     def backward(self, loss, loss_value: float) -> None:

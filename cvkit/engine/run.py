@@ -54,6 +54,7 @@ class Run:
     epochs_run: int = 0
     train_images: int = 0
     train_seconds: float = 0.0
+    step_loss: float | None = None  # the last optimizer step's loss (for on_step_end)
     should_stop: bool = False
     stopped_by: str | None = None
 
