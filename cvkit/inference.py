@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 from cvkit.accel import for_inference
 from cvkit.build import ModelSpec, build_model, build_transform
 from cvkit.checkpoint import find_checkpoint, load_checkpoint, load_model_state
 from cvkit.errors import CheckpointError, PluginError, UsageError
-from cvkit.onnxrun import is_onnx
+from cvkit.onnxrun import TTA_VIEWS, check_views, is_onnx
 from cvkit.plugins import get_plugins
 
 
@@ -71,3 +74,33 @@ def saved_spec(info: dict) -> ModelSpec:
     return ModelSpec(name=info["name"], plugin=info.get("plugin", "?"), input_size=tuple(info["input_size"]),
                      mean=tuple(info["mean"]), std=tuple(info["std"]), default_transforms=info.get("default_transforms"),
                      help="", resize=info.get("resize"), interpolation=info.get("interpolation") or "bilinear")
+
+
+# The torch side of test-time augmentation: one function per view cvkit.onnxrun.TTA_VIEWS names,
+# on an N x C x H x W tensor batch (the numpy side is cvkit.onnxrun.NUMPY_VIEWS).
+TORCH_VIEWS = {"identity": lambda x: x, "hflip": lambda x: x.flip(-1)}
+
+
+def with_tta(model, views=TTA_VIEWS):
+    """``model`` behind a module that runs it on each of ``views`` of a batch and returns the log of
+    the mean of their softmax probabilities (float32). As logits these give back the averaged
+    probabilities (softmax), the averaged prediction (argmax) and, under cross-entropy, the NLL
+    of the averaged probabilities; the device and autocast are the caller's, as for ``model``."""
+    return _tta_module()(model, check_views(views, TORCH_VIEWS)).eval()
+
+
+@functools.cache
+def _tta_module():
+    import torch
+
+    class TTAModule(torch.nn.Module):
+        def __init__(self, model, views: tuple[str, ...]):
+            super().__init__()
+            self.model, self.views = model, views
+
+        def forward(self, x):
+            logp = torch.stack([torch.log_softmax(self.model(TORCH_VIEWS[v](x)).float(), dim=-1)
+                                for v in self.views])
+            return torch.logsumexp(logp, dim=0) - math.log(len(self.views))
+
+    return TTAModule

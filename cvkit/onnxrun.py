@@ -10,10 +10,58 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvkit.describe import from_strings
-from cvkit.errors import CheckpointError
+from cvkit.errors import CheckpointError, UsageError
 
 INSTALL = 'pip install "cvkit[export]"'
 RESAMPLING = {"nearest": 0, "nearest-exact": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+# Test-time augmentation (``--tta``): the views each image is also predicted as, in order. Each name
+# has a numpy function here (NUMPY_VIEWS) and a torch one in cvkit.inference (TORCH_VIEWS); a new
+# view is one line in each. The prediction is the mean of the views' softmax probabilities.
+TTA_VIEWS = ("identity", "hflip")
+
+
+def _identity(x):
+    return x
+
+
+def _hflip(x):
+    """The batch mirrored left to right (N x C x H x W: its last axis)."""
+    import numpy as np
+
+    return np.ascontiguousarray(x[..., ::-1])
+
+
+NUMPY_VIEWS = {"identity": _identity, "hflip": _hflip}
+
+
+def check_views(views, known=NUMPY_VIEWS) -> tuple[str, ...]:
+    """``views`` as a tuple of names, each one cvkit knows (UsageError naming those it knows)."""
+    views = tuple(views)
+    unknown = [v for v in views if v not in known]
+    if unknown or not views:
+        raise UsageError(f"--tta: {'unknown view ' + ', '.join(map(repr, unknown)) if unknown else 'no views'} "
+                         f"(known: {', '.join(known)})")
+    return views
+
+
+def mean_log_softmax(logits):
+    """log of the mean of the softmax probabilities of ``logits`` (one N x classes array per view),
+    computed as a log-sum-exp, so a tiny probability is not rounded to log(0)."""
+    import numpy as np
+
+    z = np.stack(logits).astype(np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    logp = z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
+    peak = logp.max(axis=0)
+    return peak + np.log(np.exp(logp - peak).mean(axis=0))
+
+
+def run_views(model, batch, views):
+    """What ``model`` (an :class:`OnnxModel`) predicts for ``batch`` under test-time augmentation:
+    log of the mean softmax over ``views`` (N x classes, float64)."""
+    return mean_log_softmax([model.run(NUMPY_VIEWS[v](batch)) for v in check_views(views)])
 
 
 def is_onnx(path) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvkit import ui
-from cvkit.errors import DataError
+from cvkit.errors import DataError, UsageError
 
 MISCLASSIFIED_SHOWN = 32
 
@@ -97,7 +97,10 @@ def per_class_scores(matrix: list[list[int]], classes: list[str]) -> list[dict]:
 def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = None, batch_size: int = 64,
                         device: str = "auto", precision: str = "auto", workers: str | int = "auto",
                         out: str | None = None, show_progress: bool = True, dataset: str | None = None,
-                        dataset_options: dict | None = None, plugins=None) -> dict:
+                        dataset_options: dict | None = None, tta: bool = False, plugins=None) -> dict:
+    """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on DATA. ``tta``: each
+    image is also predicted mirrored (:data:`cvkit.onnxrun.TTA_VIEWS`); the prediction and the loss
+    are those of the views' mean probabilities."""
     from cvkit.build import build_loss
     from cvkit.inference import restore_model
     from cvkit.data import make_loader, parse_workers, resolve_workers
@@ -111,6 +114,8 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     model, ckpt, spec, transform, path = restore_model(checkpoint, device=dev, plugins=plugins)
     if ckpt.get("exported") and str(path).lower().endswith(".onnx"):
         prec = "fp32"  # onnxruntime runs the model as exported
+    loss_name = (ckpt.get("config") or {}).get("loss") or "cross-entropy"
+    model, views = _with_tta(model, loss_name) if tta else (model, None)
     classes = list(ckpt["classes"])
     dataset, source = eval_data(data, ckpt, transform, plugins, dataset=dataset,
                                 options=dataset_options)
@@ -118,8 +123,7 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
         raise DataError(f"{source}: no images to evaluate")
     label_map = class_map(list(dataset.classes), classes, source)
     options = (ckpt.get("config") or {}).get("options") or {}
-    loss_fn = build_loss((ckpt.get("config") or {}).get("loss") or "cross-entropy",
-                         options=options.get("loss"), plugins=plugins)
+    loss_fn = build_loss(loss_name, options=options.get("loss"), plugins=plugins)
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False,
                          workers=resolve_workers(parse_workers(workers), len(dataset), spec.input_size),
                          device=dev)
@@ -141,11 +145,26 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
         "confusion_matrix": matrix,
         "device": str(dev),
         "precision": prec,
+        "tta": views,
         "images_per_second": round(result["images_per_second"], 2),
     }
     if out:
         report["files"] = _write_eval_pictures(Path(out), report, dataset, result, spec)
     return report
+
+
+LOGIT_LOSSES = ("mse",)  # losses of the raw logits, not of the probabilities they give
+
+
+def _with_tta(model, loss: str):
+    """``(model under test-time augmentation, its views)``: its logits are the log of the views' mean
+    probabilities, so the loop's accuracy is theirs and its cross-entropy their NLL."""
+    from cvkit.inference import TTA_VIEWS, with_tta
+
+    if loss in LOGIT_LOSSES:
+        raise UsageError(f"--tta: the run's loss {loss!r} compares raw logits, and test-time augmentation "
+                         f"averages probabilities; evaluate it without --tta")
+    return with_tta(model, TTA_VIEWS), list(TTA_VIEWS)
 
 
 def _samples_at(dataset, indices: list[int]):
@@ -191,8 +210,9 @@ def render_eval(report: dict) -> None:
 
     out = ui.out
     top5 = f", top-5 {report['top5_accuracy']:.3f}" if report.get("top5_accuracy") is not None else ""
+    tta = f", TTA: {' + '.join(report['tta'])} (mean probabilities)" if report.get("tta") else ""
     out.print(f"[bold]{esc(report['model'])}[/] from {esc(report['checkpoint'])} on {esc(report['data'])}: "
-              f"{report['images']} images")
+              f"{report['images']} images{tta}")
     out.print(f"accuracy [bold]{report['accuracy']:.3f}[/]{top5}, loss {report['loss']:.4f}")
     table = Table(title="per class", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("class")

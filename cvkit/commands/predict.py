@@ -97,14 +97,15 @@ def dataset_inputs(data: str, dataset: str, options: dict | None, plugins) -> li
 def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: int = 3, batch_size: int = 32,
                    device: str = "auto", precision: str = "auto", grid: str | None = None,
                    grid_input: bool = False, dataset: str | None = None, dataset_options: dict | None = None,
-                   plugins=None) -> dict:
+                   tta: bool = False, plugins=None) -> dict:
     """Top-k classes of ``images`` (files, folders, globs; with ``dataset``, the data of that
     format, e.g. a CSV of labels or shards: every image it holds). ``grid``: also draw the first
     :data:`GRID_MAX` images into this PNG, each captioned with its top class and probability: the
     user's own pictures, or with ``grid_input`` what the model was given (after the eval transform).
     ``checkpoint`` may be an ``.onnx`` file ``cvkit export`` wrote: it runs with onnxruntime, and
-    nothing here imports torch."""
-    from cvkit.onnxrun import is_onnx, softmax_topk
+    nothing here imports torch. ``tta``: each image is also predicted mirrored (the views of
+    :data:`cvkit.onnxrun.TTA_VIEWS`), and the probabilities are the mean of the views'."""
+    from cvkit.onnxrun import TTA_VIEWS, is_onnx, softmax_topk
 
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")
@@ -116,7 +117,9 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
         paths, skipped = dataset_inputs(images[0], dataset, dataset_options, plugins), []
     else:
         paths, skipped = expand_inputs(images)
-    model = (_OnnxPredictor if is_onnx(checkpoint) else _TorchPredictor)(checkpoint, device, precision, plugins)
+    views = TTA_VIEWS if tta else None
+    model = (_OnnxPredictor if is_onnx(checkpoint) else _TorchPredictor)(checkpoint, device, precision, plugins,
+                                                                         views)
     k = min(top_k, len(model.classes))
     results, shown = [], []
     started = time.perf_counter()
@@ -135,7 +138,8 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     if not results:
         raise DataError(f"no readable images among {len(paths)} ({skipped[0]['reason']})")
     report = {"checkpoint": str(model.path), "model": model.name, "device": model.device,
-              "precision": model.precision, "images": len(results), "seconds": round(seconds, 4),
+              "precision": model.precision, "tta": list(views) if views else None, "images": len(results),
+              "seconds": round(seconds, 4),
               "images_per_second": round(len(results) / seconds, 2) if seconds > 0 else None,
               "results": results, "skipped": skipped}
     if grid:
@@ -147,10 +151,10 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
 class _TorchPredictor:
     """A cvkit checkpoint (or an exported ``.safetensors``) rebuilt in PyTorch."""
 
-    def __init__(self, checkpoint, device, precision, plugins):
+    def __init__(self, checkpoint, device, precision, plugins, views=None):
         from cvkit.build import decode_min_side
         from cvkit.device import resolve_device, resolve_precision
-        from cvkit.inference import restore_model
+        from cvkit.inference import restore_model, with_tta
 
         self.dev = resolve_device(device)
         self.precision = resolve_precision(precision, self.dev)
@@ -159,6 +163,8 @@ class _TorchPredictor:
         self.classes, self.name, self.device = list(ckpt["classes"]), spec.name, str(self.dev)
         self.mean, self.std, self.input_size = spec.mean, spec.std, spec.input_size
         self.min_side = decode_min_side(spec)  # large JPEGs decode at a reduced scale, never below this
+        if views:  # its logits are then the log of the views' mean probabilities
+            self.model = with_tta(self.model, views)
 
     def logits(self, inputs):
         import torch
@@ -178,14 +184,14 @@ class _TorchPredictor:
 class _OnnxPredictor:
     """An ``.onnx`` file cvkit exported, run by onnxruntime on the CPU, fp32; numpy, no torch."""
 
-    def __init__(self, checkpoint, device, precision, plugins):
+    def __init__(self, checkpoint, device, precision, plugins, views=None):
         from cvkit.onnxrun import OnnxModel
 
         if device not in ("auto", "cpu"):
             raise UsageError(f"--device {device}: an .onnx model runs on the CPU here (onnxruntime)")
         if precision not in ("auto", "fp32"):
             raise UsageError(f"--precision {precision}: an .onnx model runs in the precision it was exported in")
-        self.onnx = OnnxModel(checkpoint)
+        self.onnx, self.views = OnnxModel(checkpoint), views
         meta = self.onnx.meta
         self.path, self.classes, self.name = self.onnx.path, self.onnx.classes, meta["model"]
         self.device, self.precision = "cpu onnxruntime", meta.get("quantization") or "fp32"
@@ -197,7 +203,10 @@ class _OnnxPredictor:
     def logits(self, inputs):
         import numpy as np
 
-        return self.onnx.run(np.stack(inputs))
+        from cvkit.onnxrun import run_views
+
+        batch = np.stack(inputs)
+        return run_views(self.onnx, batch, self.views) if self.views else self.onnx.run(batch)
 
     def model_input(self, x):
         import numpy as np
@@ -285,7 +294,15 @@ def predict_summary(report: dict) -> str:
     """One line: how many images, which model, and how fast (the loop over the images alone)."""
     rate = report.get("images_per_second")
     return (f"{report['images']} images, model {report['model']} from {report['checkpoint']}, "
-            f"{report['seconds']:.2f}s ({rate} images/s, {report['device']} {report['precision']})")
+            f"{report['seconds']:.2f}s ({rate} images/s, {report['device']} {report['precision']})"
+            + tta_note(report))
+
+
+def tta_note(report: dict) -> str:
+    """``, TTA: identity + hflip (mean probabilities)`` where the report's predictions are test-time
+    augmented, else nothing."""
+    views = report.get("tta")
+    return f", TTA: {' + '.join(views)} (mean probabilities)" if views else ""
 
 
 # In a narrow terminal the table loses these columns first, in this order; the image, its top
