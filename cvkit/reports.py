@@ -252,3 +252,56 @@ def _save(fig, path, title: str | None = None) -> Path:
     finally:
         fig.clear()  # a Figure outside pyplot is freed with its last reference; drop the artists now
     return path
+
+
+def plot_lr_find(lrs, raw, smoothed, path, *, suggested_lr: float | None = None, minimum_lr: float | None = None,
+                 title: str = "Learning-rate range test") -> Path:
+    """The learning-rate range test (``cvkit lr-find``): loss against lr on a log axis, the smoothed
+    loss over the raw one (faint), the suggested lr marked on the curve and labelled, and the
+    minimum's lr/10 as a dashed line.
+
+    ``lrs``, ``raw`` and ``smoothed`` are one value per optimizer step. The loss axis stops a little
+    above the smoothed curve, so the raw spikes of the last, diverging steps do not squash it.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    points = [(lr, r, s) for lr, r, s in zip(lrs, raw, smoothed) if lr > 0 and _is_number(r) and _is_number(s)]
+    if not points:
+        raise ValueError("plot_lr_find: no finite losses")
+    xs, rs, ss = zip(*points)
+
+    fig = Figure(figsize=(7.5, 4.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(xs, rs, color=TRAIN_COLOUR, alpha=0.25, linewidth=1.0, label="loss per step")
+    ax.plot(xs, ss, color=TRAIN_COLOUR, linewidth=2.0, label="smoothed loss")
+    ax.set_xscale("log")
+    # plain numbers (1e-05, 0.001, 1) rather than mathtext powers, which load fonts a slim install lacks
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if minimum_lr is not None and minimum_lr > 0:
+        ax.axvline(minimum_lr, color="#7f7f7f", linestyle="--", linewidth=1.1, zorder=1,
+                   label=f"minimum's lr/10: {minimum_lr:.2g}")
+    if suggested_lr is not None and suggested_lr > 0:
+        nearest = min(range(len(xs)), key=lambda i: abs(math.log(xs[i]) - math.log(suggested_lr)))
+        ax.axvline(suggested_lr, color=BEST_COLOUR, linewidth=1.2, zorder=1)
+        ax.plot([suggested_lr], [ss[nearest]], marker="*", markersize=15, color=BEST_COLOUR,
+                markeredgecolor="white", linestyle="none", zorder=5, label=f"suggested lr: {suggested_lr:.2g}")
+        ax.annotate(f"suggested {suggested_lr:.2g}", (suggested_lr, 1.0), xycoords=("data", "axes fraction"),
+                    textcoords="offset points", xytext=(5, -14), fontsize=10, color=BEST_COLOUR, fontweight="bold")
+    # the loss axis: from the lowest loss to a little above where the smoothed loss started, so the
+    # last, diverging steps (whose loss can be 1000x) leave the top and the descent stays readable
+    lowest = min(range(len(ss)), key=ss.__getitem__)
+    level, bottom = max(ss[:lowest + 1]), min(min(rs), min(ss))
+    top = min(level + max(level - ss[lowest], 0.25 * abs(level)), max(max(ss), level))
+    margin = 0.06 * (top - bottom) or 0.1 * abs(top) or 1.0
+    ax.set_ylim(bottom - margin, top + margin)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="major", alpha=0.3)
+    # under the axes: inside, a flat start or a long plateau would run under it
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    fig.suptitle(wrap_title(title, 7.5 - 0.3, 12, bold=True), fontsize=12, fontweight="bold")
+    return _save(fig, path, title)
