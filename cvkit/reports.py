@@ -288,8 +288,11 @@ def plot_lr_find(lrs, raw, smoothed, path, *, suggested_lr: float | None = None,
         ax.axvline(suggested_lr, color=BEST_COLOUR, linewidth=1.2, zorder=1)
         ax.plot([suggested_lr], [ss[nearest]], marker="*", markersize=15, color=BEST_COLOUR,
                 markeredgecolor="white", linestyle="none", zorder=5, label=f"suggested lr: {suggested_lr:.2g}")
+        span = math.log(max(xs[-1], xs[0] * 1.0001) / xs[0])
+        right = math.log(suggested_lr / xs[0]) / span > 0.7  # near the right edge: the label goes left of the line
         ax.annotate(f"suggested {suggested_lr:.2g}", (suggested_lr, 1.0), xycoords=("data", "axes fraction"),
-                    textcoords="offset points", xytext=(5, -14), fontsize=10, color=BEST_COLOUR, fontweight="bold")
+                    textcoords="offset points", xytext=(-5 if right else 5, -14), ha="right" if right else "left",
+                    fontsize=10, color=BEST_COLOUR, fontweight="bold")
     # the loss axis: from the lowest loss to a little above where the smoothed loss started, so the
     # last, diverging steps (whose loss can be 1000x) leave the top and the descent stays readable
     lowest = min(range(len(ss)), key=ss.__getitem__)

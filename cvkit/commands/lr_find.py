@@ -72,12 +72,12 @@ def suggest(lrs: list[float], smoothed: list[float]) -> dict:
     if steepest is not None:
         return {"suggested_lr": lrs[steepest], "rule": "steepest", "index": steepest, "minimum_lr": minimum_lr,
                 "lr_at_minimum": lrs[low],
-                "why": f"the smoothed loss falls fastest there (its steepest descent against log lr, before its "
-                       f"minimum at lr {lrs[low]:.2g}); the minimum's lr/10 is {minimum_lr:.2g}"}
+                "why": f"where the smoothed loss falls fastest (its steepest descent against log lr), before "
+                       f"its minimum at lr {lrs[low]:.2g}"}
     return {"suggested_lr": minimum_lr, "rule": "minimum/10", "index": None, "minimum_lr": minimum_lr,
             "lr_at_minimum": lrs[low],
-            "why": f"the minimum's lr/10 (the smoothed loss fell for too few steps to find its steepest "
-                   f"descent; its minimum is at lr {lrs[low]:.2g})"}
+            "why": f"the minimum's lr/10, as the smoothed loss fell for too few steps to have a steepest "
+                   f"descent (its minimum is at lr {lrs[low]:.2g})"}
 
 
 def lr_find(*, cli_values: dict, config_file: str | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
@@ -134,7 +134,7 @@ def plot_path(out: str | None) -> Path | None:
     if out is None:
         return None
     path = Path(out)
-    if path.is_dir() or (not path.suffix and not path.exists()):
+    if path.is_dir() or out.endswith(("/", "\\")) or (not path.suffix and not path.exists()):
         return path / PLOT_NAME
     if path.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: give a .png file or a folder (for {PLOT_NAME})")
@@ -230,9 +230,8 @@ def render_lr_find(report: dict) -> None:
     from rich.markup import escape as esc
 
     out = ui.out
-    rule = "steepest descent" if report["rule"] == "steepest" else "minimum's lr/10"
-    out.print(f"suggested lr [bold]{report['suggested_lr']:.2g}[/] ({rule}): {esc(report['why'])}", highlight=False)
-    out.print(f"minimum's lr/10: {report['minimum_lr']:.2g}", highlight=False)
+    out.print(f"suggested lr [bold]{report['suggested_lr']:.2g}[/]: {esc(report['why'])}", highlight=False)
+    out.print(f"minimum's lr/10: {report['minimum_lr']:.2g} (fastai's other rule)", highlight=False)
     out.print(f"steps run: {report['steps']} of {report['steps_asked']}, up to lr {report['lrs'][-1]:.2g}; "
               f"stopped because {esc(report['stopped_because'])} ({report['seconds']:.1f}s)", highlight=False)
     if report["plot"]:
