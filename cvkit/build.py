@@ -89,9 +89,21 @@ def build_transform(spec: ModelSpec, name: str | None = None, *, train: bool,
                         options=options, **hints)
 
 
-def build_loss(name: str, *, options: dict | None = None, plugins: Plugins | None = None):
+def build_loss(name: str, *, options: dict | None = None, class_weights=None, plugins: Plugins | None = None):
+    """The loss ``name``; ``class_weights`` (a tensor, ``--balance loss``) go to its factory's
+    ``weight`` keyword, which a loss must take to be weighted."""
     plugins = plugins or get_plugins()
-    return plugins["losses"].get(name, option="--loss").create(options=options)
+    entry = plugins["losses"].get(name, option="--loss")
+    if class_weights is None:
+        return entry.create(options=options)
+    import inspect
+
+    from cvkit.errors import UsageError
+
+    if "weight" not in inspect.signature(entry.build).parameters:
+        raise UsageError(f"--balance loss: loss {name!r} takes no class weights (its factory has no 'weight' "
+                         f"keyword); use --balance sampler")
+    return entry.create(options=options, weight=class_weights)
 
 
 def build_optimizer(name: str, params, *, lr: float, options: dict | None = None,
@@ -100,11 +112,40 @@ def build_optimizer(name: str, params, *, lr: float, options: dict | None = None
     return plugins["optimizers"].get(name, option="--optimizer").create(params, lr=lr, options=options)
 
 
-def build_scheduler(name: str, optimizer, *, epochs: int, options: dict | None = None,
+def build_scheduler(name: str, optimizer, *, epochs: int, steps_per_epoch: int = 1,
+                    warmup_epochs: float | None = None, options: dict | None = None,
                     plugins: Plugins | None = None):
+    """The scheduler ``name`` (or None). ``steps_per_epoch`` (optimizer steps) goes to factories that
+    take it; ``warmup_epochs`` (when not 0) to those that take it, and is a usage error for the
+    others. See :func:`scheduler_interval` for when it steps."""
+    import inspect
+
+    from cvkit.errors import UsageError
+
     plugins = plugins or get_plugins()
-    return plugins["schedulers"].get(name, option="--scheduler").create(
-        optimizer, epochs=epochs, options=options)
+    entry = plugins["schedulers"].get(name, option="--scheduler")
+    takes = inspect.signature(entry.build).parameters
+    hints = {"steps_per_epoch": steps_per_epoch} if "steps_per_epoch" in takes else {}
+    if warmup_epochs:
+        if "warmup_epochs" not in takes:
+            raise UsageError(f"--warmup-epochs {warmup_epochs:g}: scheduler {name!r} has no warm-up "
+                             f"(cosine and onecycle have; or --warmup-epochs 0)")
+        hints["warmup_epochs"] = warmup_epochs
+    return entry.create(optimizer, epochs=epochs, options=options, **hints)
+
+
+def scheduler_interval(name: str, plugins: Plugins | None = None) -> str:
+    """``"step"`` for a scheduler registered with ``interval="step"`` (stepped after every optimizer
+    step), else ``"epoch"`` (stepped after each epoch's training)."""
+    from cvkit.errors import PluginError
+
+    plugins = plugins or get_plugins()
+    entry = plugins["schedulers"].get(name, option="--scheduler")
+    interval = entry.meta.get("interval", "epoch")
+    if interval not in ("epoch", "step"):
+        raise PluginError(f"--scheduler {name}: plugin {entry.plugin!r} registered interval={interval!r} "
+                          f"(expected 'epoch' or 'step')")
+    return interval
 
 
 def build_dataset(name: str, root: str, *, split: str, transform, options: dict | None = None,

@@ -21,10 +21,12 @@ class TrainConfig:
     model: str = "net"
     epochs: int = 25
     batch_size: int = 32
-    lr: float = 0.001
-    optimizer: str = "sgd"
-    loss: str = "cross-entropy"
-    scheduler: str = "step"
+    recipe: str = "default"  # the defaults of what is None below (cvkit.recipes)
+    lr: float | None = None
+    optimizer: str | None = None
+    loss: str | None = None
+    scheduler: str | None = None
+    warmup_epochs: float | None = None  # epochs of linear warm-up, for schedulers that take it
     transforms: str | None = None  # None: the model's default
     weights: str | None = None  # None: the model's default
     dataset: str = "imagefolder"
@@ -37,6 +39,12 @@ class TrainConfig:
     callbacks: list = field(default_factory=list)  # names of registered callbacks (cvkit list callbacks)
     on_bad_image: str = "error"  # or "skip": drop unreadable images up front and list them
     out: str | None = None
+    mixup: float = 0.0  # MixUp's Beta alpha (0: off)
+    cutmix: float = 0.0  # CutMix's Beta alpha (0: off)
+    ema: float | None = None  # decay of the weights' moving average (None: off)
+    accumulate: int = 1  # batches per optimizer step
+    clip_grad: float | None = None  # largest gradient norm (None: no clipping)
+    balance: str | None = None  # "sampler" or "loss": weigh the classes by the training split's counts
     options: dict = field(default_factory=dict)  # {"optimizer": {"momentum": 0.5}, ...}
 
     def as_dict(self) -> dict:
@@ -46,7 +54,9 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # What a value of each option may be; None is allowed where the default is None.
 _TYPES = {
-    "data": (str,), "model": (str,), "epochs": (int,), "batch_size": (int,), "lr": (float, int),
+    "data": (str,), "model": (str,), "epochs": (int,), "batch_size": (int,), "recipe": (str,), "lr": (float, int),
+    "warmup_epochs": (float, int), "mixup": (float, int), "cutmix": (float, int), "ema": (float, int),
+    "accumulate": (int,), "clip_grad": (float, int), "balance": (str,),
     "optimizer": (str,), "loss": (str,), "scheduler": (str,), "transforms": (str,), "weights": (str,),
     "dataset": (str,), "val_split": (float, int), "device": (str,), "precision": (str,),
     "workers": (int, str), "seed": (int,), "patience": (int,), "callbacks": (list,), "on_bad_image": (str,),
@@ -73,8 +83,16 @@ def _check_value(key: str, value: Any, where: str | None) -> Any:
         raise UsageError(f"{where}{label} must be a number or 'auto', got {value!r}")
     if key in ("epochs", "batch_size") and value < 1:
         raise UsageError(f"{where}{label} must be at least 1, got {value}")
-    if key == "lr" and not value > 0:
+    if key in ("lr", "clip_grad") and not value > 0:
         raise UsageError(f"{where}{label} must be positive, got {value}")
+    if key in ("warmup_epochs", "mixup", "cutmix") and not value >= 0:
+        raise UsageError(f"{where}{label} must be 0 or more, got {value}")
+    if key == "ema" and not 0 < value < 1:
+        raise UsageError(f"{where}{label} must be between 0 and 1 (e.g. 0.999), got {value}")
+    if key == "accumulate" and value < 1:
+        raise UsageError(f"{where}{label} must be at least 1, got {value}")
+    if key == "balance" and value not in ("sampler", "loss"):
+        raise UsageError(f"{where}{label} must be sampler or loss, got {value!r}")
     if key == "val_split" and not 0 < value < 1:
         raise UsageError(f"{where}{label} must be between 0 and 1, got {value}")
     if key == "patience" and value < 1:
@@ -85,7 +103,7 @@ def _check_value(key: str, value: Any, where: str | None) -> Any:
         for kind, opts in value.items():
             if not isinstance(opts, dict):
                 raise UsageError(f"{where}{label}.{kind} must be a mapping of option names to values")
-    return float(value) if key in ("lr", "val_split") else value
+    return float(value) if key in _FLOATS else value
 
 
 def _strict_loader():
@@ -107,7 +125,7 @@ def _strict_loader():
     return StrictSafeLoader
 
 
-_FLOATS = {"lr", "val_split"}
+_FLOATS = {"lr", "val_split", "warmup_epochs", "mixup", "cutmix", "ema", "clip_grad"}
 
 
 def read_config_file(path) -> dict:
@@ -170,7 +188,10 @@ def _check_option_kinds(options: dict, path) -> None:
 
 
 def make_config(file_values: dict | None = None, cli_values: dict | None = None) -> TrainConfig:
-    """Defaults, then the file, then the command line (values that are None were not given)."""
+    """Defaults, then the file, then the command line (values that are None were not given), then
+    the recipe's defaults for what is still unset (:func:`cvkit.recipes.apply_recipe`)."""
+    from cvkit.recipes import apply_recipe
+
     merged: dict[str, Any] = {}
     for source, where in ((file_values or {}, "config"), (cli_values or {}, None)):
         for key, value in source.items():
@@ -181,7 +202,7 @@ def make_config(file_values: dict | None = None, cli_values: dict | None = None)
                     merged.setdefault("options", {}).setdefault(kind, {}).update(opts)
                 continue
             merged[key] = _check_value(key, value, where)
-    return TrainConfig(**merged)
+    return TrainConfig(**apply_recipe(merged, merged.get("options") or {}))
 
 
 def write_config(config: TrainConfig, path) -> None:

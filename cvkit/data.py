@@ -48,6 +48,21 @@ def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tupl
     return sorted(train), sorted(val)
 
 
+def labels_of(dataset) -> list[int] | None:
+    """The label of each sample of an ImageFolder-like dataset (``.targets``) or a Subset of one,
+    in index order, without reading any image; None when it does not list them."""
+    indices = None
+    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
+        indices, dataset = dataset.indices, dataset.dataset
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return None
+    try:
+        return [int(targets[i]) for i in indices] if indices is not None else [int(t) for t in targets]
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def _targets(dataset) -> list[int]:
     targets = getattr(dataset, "targets", None)
     if targets is None:

@@ -229,15 +229,53 @@ class ShardSampler:
         return len(self.indices)
 
 
-def train_sampler(dataset, info: Dist, seed: int):
-    """None for a stream too: it divides its shards among the processes itself."""
+def train_sampler(dataset, info: Dist, seed: int, weights: list[float] | None = None):
+    """None for a stream too: it divides its shards among the processes itself. With ``weights``
+    (one per sample, ``--balance sampler``): a :class:`BalancedSampler`, in one process or several."""
     from cvkit.data import is_stream
 
+    if weights is not None:
+        return BalancedSampler(weights, info.rank if info.enabled else 0, info.world if info.enabled else 1, seed)
     if not info.enabled or is_stream(dataset):
         return None
     from torch.utils.data.distributed import DistributedSampler
 
     return DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed)
+
+
+class BalancedSampler:
+    """Each epoch, ``len(weights)`` draws with replacement, sample i with probability proportional
+    to ``weights[i]`` (seeded by ``seed`` and the epoch, so every process draws the same list and a
+    resumed run the same order); this process takes every ``world``-th draw from ``rank``."""
+
+    def __init__(self, weights: list[float], rank: int, world: int, seed: int):
+        self.weights, self.rank, self.world, self.seed, self.epoch = list(weights), rank, world, seed, 0
+        self.per_process = -(-len(self.weights) // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_process
+
+    def __iter__(self):
+        import torch
+
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(torch.tensor(self.weights, dtype=torch.double),
+                                  self.per_process * self.world, replacement=True, generator=generator)
+        return iter(draws[self.rank::self.world].tolist())
+
+
+def balance_weights(labels: list[int], num_classes: int) -> tuple[list[float], list[float]]:
+    """(per class, per sample) weights that make every class count the same: n / (classes x count)
+    for a class of ``count`` samples (0 for a class without any)."""
+    counts = [0] * num_classes
+    for label in labels:
+        counts[label] += 1
+    per_class = [len(labels) / (num_classes * c) if c else 0.0 for c in counts]
+    return per_class, [per_class[label] for label in labels]
 
 
 def eval_sampler(dataset, info: Dist):

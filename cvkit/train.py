@@ -94,7 +94,7 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
     chosen = build_callbacks(config, plugins)  # a callback that cannot be built stops here, before the data
     setup.load_data(run, checkpoint, resume)
     plan = make_loaders(run)
-    setup.build_training(run, checkpoint)
+    setup.build_training(run, checkpoint, steps_per_epoch=-(-len(plan.train_loader) // config.accumulate))
     if checkpoint is not None:
         setup.restore(run, checkpoint, resume, run_dir, plan.train_loader)
     else:
@@ -106,7 +106,8 @@ def _fit(config: TrainConfig, *, resume, plugins, show_progress, console, starte
         run.console = ui.err if console is ui.out else console
     if show_progress:
         _say_what_runs(run, plan)
-    callbacks = Callbacks(engine_callbacks(run, plan) + chosen)
+    run.checkpoint = checkpoint
+    run.callbacks = callbacks = Callbacks(engine_callbacks(run, plan) + chosen)
     callbacks.call("on_train_start", run)
     train_epochs(run, plan, callbacks)
     if info.is_main:
@@ -126,7 +127,8 @@ def _say_what_runs(run, plan) -> None:
     run.console.print(
         f"[bold]cvkit train[/] {config.model} on {config.data}: {len(run.splits.train)} train / "
         f"{len(run.splits.val)} val images, {len(run.classes)} classes, {run.device} {run.precision}, "
-        f"{epochs_planned(config.epochs, run.start_epoch)}, lr {config.lr:g}, "
+        f"{epochs_planned(config.epochs, run.start_epoch)}, {config.optimizer} lr {config.lr:g} {config.scheduler}"
+        f" (recipe {config.recipe}), "
         + (f"batch {config.batch_size} ({run.batch} per process x {info.world} processes, {info.backend})"
            if info.enabled else f"batch {config.batch_size}") + f", workers {plan.workers}"
         + (f", {frozen:,} frozen parameters" if frozen else "") + f" -> {run.run_dir}")

@@ -11,6 +11,7 @@ from cvkit import ui
 from cvkit.cli.options import (D, DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, DatasetOpt, JsonOpt, OptOpt,
                                ValSplitOpt, _given)
 from cvkit.cli.process import _LAUNCH_ARGV, _world_size
+from cvkit.recipes import RECIPE_HELP
 
 DataArg = Annotated[Optional[str], typer.Argument(
     metavar="DATA", show_default=False,
@@ -23,15 +24,41 @@ EpochsOpt = Annotated[int, typer.Option(
     metavar="N", help="Passes over the training images (the chapter trains 25).")]
 BatchSizeOpt = Annotated[int, typer.Option(
     metavar="N", help="Images per optimizer step (with --nproc: across all processes).")]
-LrOpt = Annotated[float, typer.Option(metavar="LR", help="Learning rate of the optimizer.")]
-OptimizerOpt = Annotated[str, typer.Option(
-    metavar="NAME", help="Optimizer: sgd is the chapter's SGD with momentum 0.9 "
-                         "(see `cvkit list optimizers`).")]
-LossOpt = Annotated[str, typer.Option(
-    metavar="NAME", help="Loss function (see `cvkit list losses`).")]
-SchedulerOpt = Annotated[str, typer.Option(
-    metavar="NAME", help="Learning-rate schedule: step is the chapter's StepLR, lr x0.1 every 7 epochs "
-                         "(see `cvkit list schedulers`).")]
+RecipeOpt = Annotated[str, typer.Option(
+    metavar="NAME", help="Defaults for the optimizer, lr, schedule and loss: " + RECIPE_HELP + ". Options "
+                         "you give win.")]
+LrOpt = Annotated[Optional[float], typer.Option(metavar="LR", show_default="the recipe's",
+                                                help="Learning rate of the optimizer (the peak of the schedule).")]
+OptimizerOpt = Annotated[Optional[str], typer.Option(
+    metavar="NAME", show_default="the recipe's", help="Optimizer: sgd is the chapter's SGD with momentum 0.9 "
+                                                      "(see `cvkit list optimizers`).")]
+LossOpt = Annotated[Optional[str], typer.Option(
+    metavar="NAME", show_default="the recipe's", help="Loss function (see `cvkit list losses`).")]
+SchedulerOpt = Annotated[Optional[str], typer.Option(
+    metavar="NAME", show_default="the recipe's",
+    help="Learning-rate schedule: step is the chapter's StepLR, lr x0.1 every 7 epochs; cosine and onecycle "
+         "step after every optimizer step (see `cvkit list schedulers`).")]
+WarmupOpt = Annotated[Optional[float], typer.Option(
+    metavar="EPOCHS", show_default="the recipe's",
+    help="Linear warm-up of the lr over this many epochs (fractions allowed), for cosine and onecycle.")]
+MixupOpt = Annotated[float, typer.Option(
+    metavar="ALPHA", help="MixUp: blend pairs of training pictures and their labels, weight ~ Beta(ALPHA, ALPHA) "
+                          "(0: off; 0.2 is common).")]
+CutmixOpt = Annotated[float, typer.Option(
+    metavar="ALPHA", help="CutMix: paste a patch of another training picture, labels by area (0: off; 1.0 is "
+                          "common); with --mixup, one of the two per batch.")]
+EmaOpt = Annotated[Optional[float], typer.Option(
+    metavar="DECAY", show_default="off",
+    help="Keep a moving average of the weights (e.g. 0.999); validation, best.pt and predictions use it.")]
+AccumulateOpt = Annotated[int, typer.Option(
+    min=1, metavar="N", help="Sum the gradients of N batches per optimizer step (an N x --batch-size batch "
+                             "in the memory of one).")]
+ClipGradOpt = Annotated[Optional[float], typer.Option(
+    metavar="NORM", show_default="no clipping", help="Clip the gradients' total norm to NORM before each step.")]
+BalanceOpt = Annotated[Optional[str], typer.Option(
+    metavar="sampler|loss", show_default="off",
+    help="Make rare classes count: sampler draws the training pictures with class-balancing weights; loss "
+         "weighs the loss by class (from the training split's counts).")]
 TransformsOpt = Annotated[Optional[str], typer.Option(
     metavar="NAME", show_default="the model's",
     help="Augmentation and preprocessing (see `cvkit list transforms`).")]
@@ -75,10 +102,18 @@ def train_cmd(
     model: ModelOpt = D.model,
     epochs: EpochsOpt = D.epochs,
     batch_size: BatchSizeOpt = D.batch_size,
-    lr: LrOpt = D.lr,
-    optimizer: OptimizerOpt = D.optimizer,
-    loss: LossOpt = D.loss,
-    scheduler: SchedulerOpt = D.scheduler,
+    recipe: RecipeOpt = D.recipe,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    loss: LossOpt = None,
+    scheduler: SchedulerOpt = None,
+    warmup_epochs: WarmupOpt = None,
+    mixup: MixupOpt = D.mixup,
+    cutmix: CutmixOpt = D.cutmix,
+    ema: EmaOpt = None,
+    accumulate: AccumulateOpt = D.accumulate,
+    clip_grad: ClipGradOpt = None,
+    balance: BalanceOpt = None,
     transforms: TransformsOpt = None,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = D.dataset,
@@ -107,8 +142,10 @@ def train_cmd(
 
         raise typer.Exit(launch(nproc, strip_nproc(_LAUNCH_ARGV)))
 
-    values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                  loss=loss, scheduler=scheduler, transforms=transforms, weights=weights, dataset=dataset,
+    values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, recipe=recipe, lr=lr,
+                  optimizer=optimizer, loss=loss, scheduler=scheduler, warmup_epochs=warmup_epochs, mixup=mixup,
+                  cutmix=cutmix, ema=ema, accumulate=accumulate, clip_grad=clip_grad, balance=balance,
+                  transforms=transforms, weights=weights, dataset=dataset,
                   val_split=val_split, device=device, precision=precision, workers=workers, seed=seed,
                   patience=patience, callbacks=callback, on_bad_image=on_bad_image, out=out,
                   options=parse_opts(opt) or None)

@@ -21,6 +21,7 @@ def train_command(*, cli_values: dict, config_file: str | None = None, resume: s
 
         saved = load_checkpoint(find_checkpoint(resume, option="--resume", name="last.pt"), option="--resume")
         saved_config = {k: v for k, v in (saved.get("config") or {}).items() if k in FIELDS and k != "out"}
+        saved_config.setdefault("recipe", "chapter")  # a run from before recipes: its options are the chapter's
         given_model = cli_values.get("model") or base.get("model")
         if given_model and given_model != saved_config.get("model"):
             raise CheckpointError(f"--resume {resume}: the run trained model {saved_config.get('model')!r}, "

@@ -101,11 +101,14 @@ def checkpoint_payload(run, *, epoch: int, rng: dict, metrics: dict, interrupted
     """What ``last.pt`` (and ``best.pt``) hold after ``epoch``; None in processes other than rank 0."""
     if not run.info.is_main:
         return None
-    return make_checkpoint(
+    payload = make_checkpoint(
         model=run.model, spec=run.spec, classes=run.classes, transform_name=run.transform_name,
         transform=run.eval_tf, config=run.config_record, run=run.run_record, epoch=epoch, history=run.history,
         optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler, best=run.best, rng=rng,
         metrics=metrics, interrupted=interrupted)
+    if run.callbacks is not None:  # e.g. --ema puts its averaged weights in
+        run.callbacks.call("on_checkpoint", run, payload)
+    return payload
 
 
 def save_point(run, payload, epoch: int, *, best_too: bool = False) -> None:
@@ -154,9 +157,24 @@ class EpochTable:
             "[green]best[/]" if run.improved else ""], first=run.epoch == run.start_epoch)
 
 
+class SchedulerSteps:
+    """A scheduler registered with ``interval="step"`` steps after every optimizer step."""
+
+    def on_step_end(self, run, step: int) -> None:
+        run.scheduler.step()
+
+
 def engine_callbacks(run, plan) -> list:
-    """The engine's own callbacks, in the order they run after each epoch."""
-    callbacks = [SaveCheckpoints(plan.train_loader), MetricsFile()]
+    """The engine's own callbacks, in the order they run: the per-step ones first (the schedule,
+    then the weight average of the stepped weights), then those after each epoch."""
+    from cvkit.engine.ema import WeightAverage
+
+    callbacks = []
+    if run.scheduler is not None and run.scheduler_interval == "step":
+        callbacks.append(SchedulerSteps())
+    if run.config.ema:
+        callbacks.append(WeightAverage(run.config.ema))
+    callbacks += [SaveCheckpoints(plan.train_loader), MetricsFile()]
     if run.show_progress:
         callbacks.append(EpochTable())
     return callbacks

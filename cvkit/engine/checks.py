@@ -57,15 +57,10 @@ def data_warnings(splits) -> list[str]:
 def _class_counts(dataset, num_classes: int) -> list[int] | None:
     """Images per class of an ImageFolder-like dataset or a Subset of one; None when it does not
     list its targets."""
-    indices = None
-    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
-        indices, dataset = dataset.indices, dataset.dataset
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        return None
-    try:
-        labels = [int(targets[i]) for i in indices] if indices is not None else [int(t) for t in targets]
-    except (TypeError, ValueError, IndexError):
+    from cvkit.data import labels_of
+
+    labels = labels_of(dataset)
+    if labels is None:
         return None
     counts = [0] * num_classes
     for label in labels:

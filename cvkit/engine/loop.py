@@ -21,14 +21,13 @@ def train_epochs(run, plan, callbacks) -> None:
     from cvkit import distributed
 
     progress = ui.make_progress(enabled=run.show_progress, console=run.console)
-    on_step = callbacks.step_hook(run)
     run.epoch = run.start_epoch
     holds = lambda: f"{run.last_file} holds {run.holds}" if run.holds else ""  # noqa: E731
     try:
         with progress, GracefulStop(cleanup=lambda: stop_workers(plan.train_loader, plan.val_loader)) as stop:
             for epoch in range(run.start_epoch, run.config.epochs + 1):
                 run.epoch = epoch
-                row = one_epoch(run, plan, stop, progress, on_step)
+                row = one_epoch(run, plan, stop, progress, callbacks)
                 callbacks.call("on_epoch_end", run, row)
                 if run.info.any(run.should_stop, run.device):  # a callback's stop ends every process's loop
                     break
@@ -51,11 +50,16 @@ def train_epochs(run, plan, callbacks) -> None:
         stop_workers(plan.train_loader, plan.val_loader)
 
 
-def one_epoch(run, plan, stop, progress, on_step=None) -> dict:
-    """Train and validate one epoch; returns its row of metrics.csv (already in ``run.history``)."""
+def one_epoch(run, plan, stop, progress, callbacks=None) -> dict:
+    """Train and validate one epoch; returns its row of metrics.csv (already in ``run.history``).
+    ``callbacks`` hear of each optimizer step (``on_step_end``) and of the validation pass
+    (``on_validation_start``, ``on_validation_end``)."""
+    from cvkit.engine.callbacks import Callbacks
+
     from cvkit import distributed
 
     config, info, device, epoch = run.config, run.info, run.device, run.epoch
+    callbacks = callbacks or Callbacks([])
     t0 = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     epoch_rng = rng_state(plan.train_loader)  # a last.pt saved in this epoch replays from here
@@ -64,19 +68,22 @@ def one_epoch(run, plan, stop, progress, on_step=None) -> dict:
         seed_everything(config.seed * 1_000_003 + epoch * 1_009 + info.rank)
     phase = dict(device=device, precision=run.precision, progress=progress, epoch=epoch, stop=stop)
     tr = run_phase(plan.phase_model, plan.train_loader, run.loss_fn, optimizer=run.optimizer, scaler=run.scaler,
-                   description=f"epoch {epoch}/{config.epochs} train", dist=info, on_step=on_step,
+                   description=f"epoch {epoch}/{config.epochs} train", dist=info, on_step=callbacks.step_hook(run),
+                   rule=run.rule,
                    resume=run.interrupted if epoch == run.start_epoch else None, **phase)
     rng_after_train = rng_state(plan.train_loader)  # where a stopped epoch continues
     va = None
     if "stopped_at" not in tr:
+        callbacks.call("on_validation_start", run)
         va = run_phase(plan.phase_model, plan.val_loader, run.loss_fn, description=f"epoch {epoch}/{config.epochs} val",
                        collect=True, **phase)
+        callbacks.call("on_validation_end", run)
     stopped = "stopped_at" in tr or "stopped_at" in va
     if info.any(stopped, device):  # all processes stop together, or none does
         _save_the_stopped_epoch(run, plan, stop, tr, epoch_rng, rng_after_train)
     tr = distributed.reduce_phase(tr, info, device)
     va = distributed.reduce_phase(va, info, device)
-    if run.scheduler is not None:
+    if run.scheduler is not None and run.scheduler_interval == "epoch":  # per step: see SchedulerSteps
         with warnings.catch_warnings():
             # cvkit steps the scheduler after the epoch's optimizer steps; torch warns
             # anyway when a resumed epoch had no steps left in this process

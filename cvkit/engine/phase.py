@@ -14,6 +14,7 @@ import time
 from cvkit.data import LOADER_TIMEOUT_ENV
 from cvkit.device import autocast
 from cvkit.engine.rng import set_rng_state
+from cvkit.engine.steps import StepRule, clip_and_step, no_sync
 from cvkit.errors import DataError, NumericalError
 
 
@@ -65,7 +66,7 @@ class _Tally:
 def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimizer=None, scaler=None,
               progress=None, description: str = "", epoch: int = 0, label_map=None,
               collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None, dist=None,
-              on_step=None) -> dict:
+              on_step=None, rule=None) -> dict:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
     Returns mean loss, accuracy (and top-k accuracy), the image count and rate, and with ``collect``
@@ -88,12 +89,17 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     them stop at the same step. The result is this process's shard's; see
     :func:`cvkit.distributed.reduce_phase`. ``on_step(step, loss)``, if given, is called after each
     optimizer step with that step's number and its batch's loss value (the callbacks' ``on_step_end``).
+
+    ``rule`` (a :class:`~cvkit.engine.steps.StepRule`): batch mixing, gradient accumulation and
+    clipping. With accumulation a stop signal is honoured at the end of a group of batches, so a
+    saved pass never holds half-accumulated gradients.
     """
     training = optimizer is not None
     model.train(training)
     tally = _Tally(topk, collect)
     pass_ = _Pass(model, loss_fn, device=device, precision=precision, optimizer=optimizer, scaler=scaler,
-                  epoch=epoch, label_map=label_map, stop=stop, dist=dist, on_step=on_step)
+                  epoch=epoch, label_map=label_map, stop=stop, dist=dist, on_step=on_step, rule=rule,
+                  total=len(loader))
     task = progress.add_task(description, total=len(loader), rate="", stats="") if progress else None
     start = time.perf_counter()
     stopped_at, batches, step = None, None, 0
@@ -133,10 +139,12 @@ class _Pass:
     """The steps of one pass: forward, loss check, backward and optimizer step when training."""
 
     def __init__(self, model, loss_fn, *, device, precision, optimizer, scaler, epoch, label_map, stop, dist,
-                 on_step=None):
+                 on_step=None, rule=None, total: int = 0):
         self.model, self.loss_fn, self.device, self.precision = model, loss_fn, device, precision
         self.optimizer, self.scaler, self.epoch, self.label_map = optimizer, scaler, epoch, label_map
         self.stop, self.dist, self.on_step = stop, dist, on_step
+        self.rule, self.total = rule or StepRule(), total
+        self.ends_group = True  # the last batch ended a group of accumulated batches
         self.training = optimizer is not None
         named = getattr(model, "module", model).named_parameters()  # DistributedDataParallel: its module's names
         self.trainable = [(n, p) for n, p in named if p.requires_grad] if self.training else []
@@ -162,7 +170,7 @@ class _Pass:
                 # after a stop signal: training stops here; validation too if the workers are gone
                 stop = self.stop
                 requested = stop_all if stop_all is not None else (stop is not None and stop.requested)
-                if requested and (self.training or stop.workers_lost):
+                if requested and (self.training and self.ends_group or stop.workers_lost):
                     return self.step, self.step
 
     def one_step(self, batch, tally: _Tally):
@@ -172,13 +180,31 @@ class _Pass:
         y = y.to(self.device, non_blocking=True)
         if self.label_map is not None:
             y = self.label_map.to(y.device)[y]
+        targets, ends, size = y, True, 1
         if self.training:
-            self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.precision):
-            logits = self.model(x)
-            loss = self.loss_fn(logits, y)
-        loss_value = float(loss.detach())
-        stop_all = None  # distributed training: what all processes decided together
+            starts, ends, size = self.rule.group(self.step, self.total)
+            if starts:
+                self.optimizer.zero_grad(set_to_none=True)
+            if self.rule.mix is not None:  # the targets become class probabilities
+                x, targets = self.rule.mix(x, y)
+        with no_sync(self.model, ends) if self.training else _NO_SYNC:
+            with autocast(self.device, self.precision):
+                logits = self.model(x)
+                loss = self.loss_fn(logits, targets)
+            loss_value = float(loss.detach())
+            stop_all = self.check_loss(loss_value)
+            if self.training:
+                self.backward(loss / size if size > 1 else loss, loss_value, ends)
+        self.ends_group = ends
+        tally.add(logits, y, loss_value)
+        if self.on_step is not None and self.training and ends:
+            self.on_step(self.step, loss_value)
+        return stop_all
+
+    def check_loss(self, loss_value: float):
+        """A loss that is not finite (in any process) is an error; returns the processes' joint stop
+        decision (distributed training), else None."""
+        stop_all = None
         checked = loss_value
         if self.training and self.dist is not None and self.dist.enabled:
             checked, stop_all = self.dist.step_flags(loss_value, bool(self.stop is not None and self.stop.requested),
@@ -188,26 +214,23 @@ class _Pass:
             where = "" if not math.isfinite(loss_value) else " in another process"
             raise NumericalError(f"loss is {loss_value if where == '' else checked}{where} in epoch {self.epoch}, "
                                  f"{phase} step {self.step}; try a lower --lr or --precision fp32")
-        if self.training:
-            self.backward(loss, loss_value)
-        tally.add(logits, y, loss_value)
-        if self.on_step is not None and self.training:
-            self.on_step(self.step, loss_value)
         return stop_all
 
-    def backward(self, loss, loss_value: float) -> None:
-        scaler, optimizer = self.scaler, self.optimizer
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+    def backward(self, loss, loss_value: float, ends_group: bool = True) -> None:
+        """The loss's backward pass, then at the end of a group of accumulated batches the
+        (clipped) optimizer step and the check that the weights stay finite."""
+        scaler = self.scaler
+        (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
+        if not ends_group:
+            return
+        clip_and_step(self.optimizer, scaler, [p for _, p in self.trainable], self.rule.clip_grad)
         bad = first_nonfinite(self.trainable)
         if bad is not None:
             raise NumericalError(f"weight {bad} is not finite in epoch {self.epoch} after training step "
                                  f"{self.step} (the loss was {loss_value:.4g}); try a lower --lr")
+
+
+_NO_SYNC = contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cvkit import ui
 from cvkit.accel import (CACHE_BUDGET_BYTES, CachedSamples, cache_decoded_images, cacheable_head, caches_enabled,
                          extract_features, frozen_backbone_model, frozen_head)
 from cvkit.data import is_stream, make_loader, resolve_workers
@@ -55,7 +56,8 @@ def make_loaders(run) -> Plan:
             splits.train = CachedSamples(splits.train)
         splits.val = CachedSamples(splits.val)
     train_loader = make_loader(splits.train, batch_size=run.batch, shuffle=True, workers=workers, device=device,
-                               seed=config.seed, sampler=distributed.train_sampler(splits.train, info, config.seed))
+                               seed=config.seed, sampler=distributed.train_sampler(splits.train, info, config.seed,
+                                                                                   run.sample_weights))
     val_loader = make_loader(splits.val, batch_size=run.batch, shuffle=False, workers=workers, device=device,
                              seed=config.seed, sampler=distributed.eval_sampler(splits.val, info))
     return Plan(workers, deterministic, decoded, train_loader, val_loader, stream=stream)
@@ -67,6 +69,12 @@ def choose_phase_model(run, plan: Plan, checkpoint) -> None:
     plan.phase_model = model
     # a stream's features would be this process's shards only, and a new order each epoch
     head = None if plan.stream else cacheable_head(model, spec.head, plan.deterministic)
+    if head is not None and run.rule is not None and run.rule.mix is not None:
+        head = None  # MixUp/CutMix mix pictures, not features
+        run.warnings.append("cached features are off: --mixup/--cutmix mix the pictures, so the frozen "
+                            "backbone runs every step")
+        if run.info.is_main:
+            ui.warn(run.warnings[-1])
     if head is not None:
         _cache_features(run, plan, head, checkpoint)
     elif (frozen := frozen_head(model, spec.head)) is not None:
@@ -91,7 +99,19 @@ def choose_phase_model(run, plan: Plan, checkpoint) -> None:
                       "channels_last": run.run_record.get("channels_last", False),
                       "cached_features": plan.cached_features, "frozen_backbone": plan.frozen_backbone,
                       "decoded_images_kept": plan.decoded["images"] if plan.decoded else 0,
-                      "processes": run.info.world, "backend": run.info.backend, "warnings": run.warnings}
+                      "processes": run.info.world, "backend": run.info.backend, "warnings": run.warnings,
+                      **_recipe_record(run)}
+
+
+def _recipe_record(run) -> dict:
+    """The recipe's parts as this run applies them (the run record of the checkpoint)."""
+    config = run.config
+    record = {"recipe": config.recipe, "accumulate": config.accumulate, "clip_grad": config.clip_grad,
+              "mixup": config.mixup, "cutmix": config.cutmix, "ema": config.ema,
+              "scheduler_interval": run.scheduler_interval}
+    if "balance" in run.run_record:
+        record["balance"] = run.run_record["balance"]
+    return record
 
 
 def _cache_features(run, plan: Plan, head: str, checkpoint) -> None:
@@ -112,7 +132,8 @@ def _cache_features(run, plan: Plan, head: str, checkpoint) -> None:
     plan.phase_model = run.model.get_submodule(head)
     plan.train_loader = make_loader(train_features, batch_size=batch, shuffle=True, workers=0, device=device,
                                     seed=config.seed,
-                                    sampler=distributed.train_sampler(train_features, run.info, config.seed))
+                                    sampler=distributed.train_sampler(train_features, run.info, config.seed,
+                                                                      run.sample_weights))
     plan.val_loader = make_loader(val_features, batch_size=batch, shuffle=False, workers=0,  # this process's shard
                                   device=device)
     if checkpoint is not None:

@@ -37,6 +37,11 @@ class Run:
     model: Any = None
     optimizer: Any = None
     scheduler: Any = None
+    scheduler_interval: str = "epoch"  # or "step": stepped after every optimizer step
+    rule: Any = None  # cvkit.engine.steps.StepRule: mixing, accumulation, clipping
+    sample_weights: list | None = None  # --balance sampler: each training sample's weight
+    checkpoint: dict | None = None  # the checkpoint a resumed run started from
+    callbacks: Any = None  # cvkit.engine.callbacks.Callbacks
     scaler: Any = None
     run_dir: Path | None = None
     history: list = field(default_factory=list)

@@ -64,30 +64,57 @@ def load_data(run, checkpoint, resume) -> None:
                                    plugins=plugins)
     run.eval_tf = build_transform(run.spec, run.transform_name, train=False, options=opts.get("transform"),
                                   plugins=plugins)
-    run.loss_fn = build_loss(config.loss, options=opts.get("loss"), plugins=plugins)
     run.splits = load_splits(config.data, dataset=config.dataset, train_transform=run.train_tf,
                              eval_transform=run.eval_tf, val_split=config.val_split, seed=config.seed,
                              options=opts.get("dataset"), on_bad_image=config.on_bad_image,
                              min_side=decode_min_side(run.spec), plugins=plugins)
     run.classes = run.splits.classes
     run.warnings = data_warnings(run.splits)  # before the datasets are wrapped in caches
+    class_weights = _balance(run) if config.balance else None
+    run.loss_fn = build_loss(config.loss, options=opts.get("loss"), class_weights=class_weights, plugins=plugins)
+    if hasattr(run.loss_fn, "to"):  # a loss module with class weights: on the model's device
+        run.loss_fn.to(run.device)
     if checkpoint is not None and checkpoint["classes"] != run.classes:
         raise CheckpointError(f"--resume {resume}: the checkpoint's classes {checkpoint['classes']} differ "
                               f"from the data's {run.classes}")
 
 
-def build_training(run, checkpoint) -> None:
-    """Model (on its device, channels_last where it helps), optimizer, scheduler, grad scaler."""
+def _balance(run):
+    """``--balance``: the training split's class weights (a tensor for ``loss``); the per-sample
+    weights of ``sampler`` go to ``run.sample_weights``."""
+    import torch
+
+    from cvkit.data import labels_of
+    from cvkit.distributed import balance_weights
+
+    labels = labels_of(run.splits.train)
+    if labels is None:
+        raise UsageError(f"--balance {run.config.balance}: the training data does not list its samples' labels "
+                         f"(a stream, or a dataset plugin without .targets), so its classes cannot be counted")
+    per_class, per_sample = balance_weights(labels, len(run.classes))
+    run.run_record["balance"] = {"by": run.config.balance, "class_weights": [round(w, 6) for w in per_class]}
+    if run.config.balance == "sampler":
+        run.sample_weights = per_sample
+        return None
+    return torch.tensor(per_class, dtype=torch.float32)
+
+
+def build_training(run, checkpoint, steps_per_epoch: int = 1) -> None:
+    """Model (on its device, channels_last where it helps), optimizer, scheduler (``steps_per_epoch``:
+    optimizer steps), grad scaler, and the step rule (mixing, accumulation, clipping)."""
     import torch
 
     from cvkit.accel import to_channels_last, use_channels_last
+    from cvkit.build import scheduler_interval
+    from cvkit.engine.ema import training_state
+    from cvkit.engine.steps import StepRule, make_mix
 
     config, plugins, opts = run.config, run.plugins, run.config.options or {}
     weights = "none" if checkpoint is not None else config.weights
     model = build_model(config.model, num_classes=len(run.classes), weights=weights,
                         options=opts.get("model"), plugins=plugins)
     if checkpoint is not None:
-        load_model_state(model, checkpoint["model_state"])
+        load_model_state(model, training_state(checkpoint))
     model.to(run.device)
     run.run_record["channels_last"] = use_channels_last(model)
     if run.run_record["channels_last"]:
@@ -103,7 +130,10 @@ def build_training(run, checkpoint) -> None:
     run.optimizer = build_optimizer(config.optimizer, trainable, lr=config.lr, options=opts.get("optimizer"),
                                     plugins=plugins)
     run.scheduler = build_scheduler(config.scheduler, run.optimizer, epochs=config.epochs,
+                                    steps_per_epoch=steps_per_epoch, warmup_epochs=config.warmup_epochs,
                                     options=opts.get("scheduler"), plugins=plugins)
+    run.scheduler_interval = scheduler_interval(config.scheduler, plugins)
+    run.rule = StepRule(config.accumulate, config.clip_grad, make_mix(config.mixup, config.cutmix, len(run.classes)))
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
 
 
