@@ -113,6 +113,8 @@ def test_predict_tta_is_the_mean_of_the_plain_and_mirrored_probabilities(cli, ru
 def test_eval_tta_scores_the_mean_probabilities(cli, run, data):
     import torch
 
+    from cvkit.build import build_loss
+
     paths = sorted((data / "val").glob("*/*.png"))
     targets = torch.tensor([CLASSES.index(p.parent.name) for p in paths])
     plain, flipped = probabilities_by_hand(run, paths)
@@ -122,8 +124,11 @@ def test_eval_tta_scores_the_mean_probabilities(cli, run, data):
     got = json.loads(r.out)
     assert got["tta"] == ["identity", "hflip"] and got["images"] == len(paths)
     assert got["accuracy"] == pytest.approx(int((mean.argmax(1) == targets).sum()) / len(paths), abs=1e-12)
-    nll = float(-mean[torch.arange(len(paths)), targets].log().mean())
-    assert got["loss"] == pytest.approx(nll, rel=1e-5)
+    # the run's own loss (cross-entropy, maybe label-smoothed) of the log of the mean probabilities:
+    # for plain cross-entropy, their negative log-likelihood
+    config = torch.load(run / "best.pt", weights_only=False)["config"]
+    loss_fn = build_loss(config.get("loss") or "cross-entropy", options=(config.get("options") or {}).get("loss"))
+    assert got["loss"] == pytest.approx(float(loss_fn(mean.log(), targets)), rel=1e-5)
     matrix = [[0] * len(CLASSES) for _ in CLASSES]
     for t, p in zip(targets.tolist(), mean.argmax(1).tolist()):
         matrix[t][p] += 1
