@@ -60,6 +60,24 @@ Rows (``--rows``, comma-separated; default net, frozen, frozen-cached, finetune,
 - ``mobilenet-frozen``, ``convnext-finetune``: two more families (mobilenet_v3_small-frozen,
   convnext_tiny-finetune) against the plain loop with torchvision's model, like the training rows.
 
+The recipe rows (resnet18 from scratch, ``--weights none``, on the rgb set; 2 epochs at batch 16 by
+default, ``--epochs-recipe`` and ``--batch-size`` change them; each side keeps its own learning rate,
+``--lr-resnet`` does not apply). Not in the default set (each run is a whole from-scratch training):
+
+- ``peer-timm``: ``benchmarks/peer_timm.py``, the same job written with timm's library recipe
+  (``timm.create_model``, ``create_transform``, label smoothing 0.1, ``create_optimizer_v2`` SGD
+  momentum 0.9 weight decay 2e-5 at train.py's lr 0.1 x batch / 256, ``create_scheduler_v2`` cosine
+  with train.py's 5 warm-up epochs; fp32), in every ``--plain-workers`` configuration (``chapter``
+  means train.py's default of 4 workers here), against ``cvkit train`` with cvkit's default recipe
+  (no ``--lr``). Passes when cvkit's train images/s beat the faster peer configuration's (strictly)
+  and its best val accuracy lies at most ``ACCURACY_TOLERANCE`` (2) points below the best peer's.
+- ``recipes``: cvkit alone, once per variant (``RECIPES``): ``--recipe chapter``, the default recipe,
+  and the default with one switch each (``--mixup 0.2``, ``--cutmix 1.0``, ``--ema 0.999``,
+  ``--accumulate 2``, ``--clip-grad 1.0``, ``--balance sampler``, ``--balance loss``,
+  ``--scheduler onecycle``): best val accuracy against the default's, and train images/s (the timm
+  peer's beside the default when ``peer-timm`` ran too). No target; a variant whose flag this cvkit
+  lacks shows its error and the others still run.
+
 The onnx rows (issue 16) use one export of the predict checkpoint (the ``frozen`` row's run, or the
 1-epoch run the predict row makes): ``cvkit export CK --format onnx --out WORK/x.onnx`` (with
 ``--onnx-quantize int8``: ``--quantize int8``), timed but counted in no ratio. They need onnxruntime (``pip install "cvkit[export]"``). Their onnx side and
@@ -123,34 +141,47 @@ import backbone as bench_backbone  # noqa: E402
 import data as bench_data  # noqa: E402
 
 ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help", "mobilenet-frozen", "convnext-finetune",
-        "predict-onnx", "predict-one-onnx", "onnx-batch")
-# the zoo rows and the onnx rows (they need the cvkit[export] extra) by --rows only
+        "predict-onnx", "predict-one-onnx", "onnx-batch", "peer-timm", "recipes")
+# the zoo rows, the onnx rows (they need the cvkit[export] extra) and the recipe rows by --rows only
 DEFAULT_ROWS = ("net", "frozen", "frozen-cached", "finetune", "predict", "help")
 ONNX_ROWS = ("predict-onnx", "predict-one-onnx", "onnx-batch")
 TRAINING_ROWS = ("net", "frozen", "frozen-cached", "finetune", "mobilenet-frozen", "convnext-finetune")
+RECIPE_ROWS = ("peer-timm", "recipes")  # resnet18 from scratch, each side with its own recipe (lr None: its own)
 
 # (epochs, batch size, lr) per row, full and --quick
 FULL = {"net": (10, 32, 0.05), "frozen": (3, 32, 0.01), "frozen-cached": (4, 32, 0.01),
         "finetune": (2, 32, 0.01), "mobilenet-frozen": (3, 32, 0.01), "convnext-finetune": (3, 32, 0.01),
+        "peer-timm": (2, 16, None), "recipes": (2, 16, None),
         "help_repeats": 7, "onnx_batch": (2, 7)}  # onnx_batch: (warm-up runs, timed rounds)
 QUICK = {"net": (2, 32, 0.05), "frozen": (1, 8, 0.01), "frozen-cached": (2, 8, 0.01),
          "finetune": (1, 8, 0.01), "mobilenet-frozen": (1, 8, 0.01), "convnext-finetune": (1, 8, 0.01),
+         "peer-timm": (1, 8, None), "recipes": (1, 8, None),
          "help_repeats": 3, "onnx_batch": (1, 2)}
 
 MODELS = {"frozen": "resnet18-frozen", "frozen-cached": "resnet18-frozen", "finetune": "resnet18-finetune",
-          "mobilenet-frozen": "mobilenet_v3_small-frozen", "convnext-finetune": "convnext_tiny-finetune"}
+          "mobilenet-frozen": "mobilenet_v3_small-frozen", "convnext-finetune": "convnext_tiny-finetune",
+          "peer-timm": "resnet18-finetune", "recipes": "resnet18-finetune"}
 CHAPTER_WORKERS = {"net": 2, "frozen": 4, "frozen-cached": 4, "finetune": 4,  # CIFAR chapter: 2; transfer: 4
-                   "mobilenet-frozen": 4, "convnext-finetune": 4}
+                   "mobilenet-frozen": 4, "convnext-finetune": 4,
+                   "peer-timm": 4}  # the peer's "chapter" configuration: timm train.py's default (-j 4)
 # rows that start both sides from benchmarks/backbone.py's state dict of this torchvision architecture
 BACKBONE_ROWS = {"frozen": "resnet18", "frozen-cached": "resnet18", "mobilenet-frozen": "mobilenet_v3_small"}
 
 TARGETS = {"net": 1.5, "frozen": 3.0, "frozen-cached": 20.0, "finetune": 2.0, "mobilenet-frozen": 1.0,
            "convnext-finetune": 1.0,
            "predict": 2.0, "predict-agreement": 0.99, "help": 0.15,
-           "predict-onnx": 4.0, "predict-onnx-agreement": 0.99, "predict-one-onnx": 0.35}
+           "predict-onnx": 4.0, "predict-onnx-agreement": 0.99, "predict-one-onnx": 0.35, "peer-timm": 1.0}
+# rows whose speed target is "faster than", not "at least": cvkit's images/s must beat the peer's
+STRICT_TARGETS = ("peer-timm",)
 # how many points cvkit's best val accuracy may lie below the best plain configuration's (see the docstring)
 ACCURACY_TOLERANCE = {"net": 1.0, "frozen": 5.0, "frozen-cached": 5.0, "finetune": 5.0, "mobilenet-frozen": 5.0,
-                      "convnext-finetune": 5.0}
+                      "convnext-finetune": 5.0, "peer-timm": 2.0}
+# the recipes row: cvkit's recipe switches, each on its own on top of the default recipe (label, flags)
+RECIPES = (("--recipe chapter", ["--recipe", "chapter"]), ("default recipe", []),
+           ("--mixup 0.2", ["--mixup", "0.2"]), ("--cutmix 1.0", ["--cutmix", "1.0"]), ("--ema 0.999", ["--ema", "0.999"]),
+           ("--accumulate 2", ["--accumulate", "2"]), ("--clip-grad 1.0", ["--clip-grad", "1.0"]),
+           ("--balance sampler", ["--balance", "sampler"]), ("--balance loss", ["--balance", "loss"]),
+           ("--scheduler onecycle", ["--scheduler", "onecycle"]))
 
 
 def _epochs(n: int) -> str:
@@ -293,15 +324,16 @@ class Bench:
     def settings(self, row: str) -> tuple[int, int, float]:
         epochs, batch, lr = self.sizes[row]
         override = {"net": self.args.epochs_net, "frozen": self.args.epochs_frozen,
-                    "frozen-cached": self.args.epochs_cached, "finetune": self.args.epochs_finetune}.get(row)
+                    "frozen-cached": self.args.epochs_cached, "finetune": self.args.epochs_finetune,
+                    "peer-timm": self.args.epochs_recipe, "recipes": self.args.epochs_recipe}.get(row)
         if override is not None:
             epochs = override
         if self.args.batch_size is not None:
             batch = self.args.batch_size
         if row == "net" and self.args.lr_net is not None:
             lr = self.args.lr_net
-        if row != "net" and self.args.lr_resnet is not None:
-            lr = self.args.lr_resnet
+        if row not in ("net", *RECIPE_ROWS) and self.args.lr_resnet is not None:
+            lr = self.args.lr_resnet  # the recipe rows compare recipes: each side keeps its own lr
         return epochs, batch, lr
 
     def plain_workers(self, row: str, config: str) -> int:
@@ -344,19 +376,24 @@ class Bench:
         return rec
 
     def cvkit_train(self, row: str, model: str, data: str, transforms: str | None, *, weights: str = "none",
-                    epochs: int | None = None, name: str | None = None, attempt: int = 1) -> dict:
+                    epochs: int | None = None, name: str | None = None, attempt: int = 1,
+                    extra: list[str] | tuple = ()) -> dict:
+        """``cvkit train`` on the row's settings (``--lr`` left out when the row's lr is None: cvkit's
+        recipe chooses), plus ``extra`` flags."""
         e, batch, lr = self.settings(row)
         epochs = epochs or e
         name = (name or row) + self._suffix(attempt)
         out = self.work / f"{name}-cvkit-run"
         cmd = [*self.cvkit, "train", data, "--model", model, "--weights", weights, "--epochs", str(epochs),
-               "--batch-size", str(batch), "--lr", str(lr), "--workers", self.args.cvkit_workers,
-               "--seed", str(self.args.seed), "--device", self.args.device, "--json", "--out", str(out)]
+               "--batch-size", str(batch), *(["--lr", str(lr)] if lr is not None else []),
+               "--workers", self.args.cvkit_workers,
+               "--seed", str(self.args.seed), "--device", self.args.device, "--json", "--out", str(out), *extra]
         if transforms:
             cmd += ["--transforms", transforms]
         log(f"{row}: cvkit {model}" + (f" --transforms {transforms}" if transforms else "")
-            + f", {_epochs(epochs)}, batch {batch}, lr {lr}, --workers {self.args.cvkit_workers}"
-            + ("" if weights == "none" else ", pretrained backbone"))
+            + (f" {' '.join(extra)}" if extra else "")
+            + f", {_epochs(epochs)}, batch {batch}, lr {'(its recipe)' if lr is None else lr}, "
+            f"--workers {self.args.cvkit_workers}" + ("" if weights == "none" else ", pretrained backbone"))
         rec = measure(cmd, log_path=self.work / f"{name}-cvkit.log", env=self.env)
         rec["result"] = parse_json(rec.pop("stdout"))
         rec["metrics"] = read_metrics(out / "metrics.csv")
@@ -431,6 +468,69 @@ class Bench:
         r.update(judge("frozen-cached", r))
         r["ratio_first_epoch"] = _ratio(r["cvkit_first_epoch_images_per_second"],
                                         r["plain_first_epoch_images_per_second"].get(r["faster_plain"]))
+        return r
+
+    def peer_train(self, row: str, config: str, attempt: int = 1) -> dict:
+        """``benchmarks/peer_timm.py``: the same job written with timm's library recipe (fp32)."""
+        epochs, batch, lr = self.settings(row)
+        workers = self.plain_workers(row, config)
+        cmd = [sys.executable, str(HERE / "peer_timm.py"), self.data["rgb"]["root"], "--model", "resnet18",
+               "--epochs", str(epochs), "--batch-size", str(batch), "--workers", str(workers),
+               "--seed", str(self.args.seed), "--device", self.args.device, "--json"]
+        if lr is not None:
+            cmd += ["--lr", str(lr)]
+        log(f"{row}: timm peer resnet18 from scratch, {_epochs(epochs)}, batch {batch}, "
+            f"lr {'(timm train.py rule)' if lr is None else lr}, {workers_label(config, workers, row)}")
+        rec = measure(cmd, log_path=self.work / f"{row}-peer-{config}{self._suffix(attempt)}.log")
+        rec["result"] = parse_json(rec.pop("stdout"))
+        log(f"{row}: peer {rec['result']['train_images_per_second']} train images/s, "
+            f"best val acc {rec['result']['best_val_accuracy']:.3f} ({rec['wall_seconds']:.1f}s)")
+        return rec
+
+    def row_peer_timm(self) -> dict:
+        """The timm-recipe peer (every ``--plain-workers`` configuration) against ``cvkit train`` with
+        cvkit's default recipe, resnet18 from scratch, alternating; judged like a training row
+        (``judge``): cvkit's images/s must beat the faster peer configuration's, and its best val
+        accuracy lie at most ``ACCURACY_TOLERANCE`` points below the best peer's."""
+        row, data = "peer-timm", self.data["rgb"]["root"]
+        runners = {config: (lambda a, c=config: self.peer_train(row, c, attempt=a), self.repeats(config))
+                   for config in self.args.plain_workers}
+        runners["cvkit"] = (lambda a: self.cvkit_train(row, MODELS[row], data, None, attempt=a), self.args.repeat)
+        best = self.alternate(runners)
+        cvkit = best.pop("cvkit")
+        r = training_summary(best, cvkit)
+        peer = next(iter(best.values()))["result"]
+        r["peer_recipe"] = {k: peer.get(k) for k in ("model", "timm", "lr", "lr_rule", "optimizer", "momentum",
+                                                     "weight_decay", "scheduler", "warmup_epochs", "warmup_lr",
+                                                     "smoothing", "transforms", "precision")}
+        return {**r, **judge(row, r)}
+
+    def row_recipes(self) -> dict:
+        """cvkit's recipes side by side, resnet18 from scratch on the rgb set: ``--recipe chapter``,
+        the default recipe, and the default with each switch of ``RECIPES`` on its own; each run once
+        (accuracy and train images/s). A variant whose flags this cvkit lacks records its error and
+        the others still run. Compared with the default recipe's run (no target)."""
+        row, data = "recipes", self.data["rgb"]["root"]
+        variants = {}
+        for label, flags in RECIPES:
+            slug = "-".join(f.strip("-").replace(".", "") for f in flags) or "default"
+            try:
+                rec = self.cvkit_train(row, MODELS[row], data, None, name=f"recipes-{slug}", extra=flags)
+            except Failed as exc:
+                log(f"recipes: {label}: FAILED: {exc.record['error'].splitlines()[-1]}")
+                variants[label] = {"flags": flags, "error": exc.record["error"], "failed": exc.record}
+                continue
+            variants[label] = {"flags": flags, "cvkit": rec,
+                               "images_per_second": rec["result"].get("train_images_per_second"),
+                               "val_accuracy": rec["result"].get("best_val_accuracy"),
+                               "precision": rec["result"].get("precision")}
+        epochs, batch, _ = self.settings(row)
+        r = {"variants": variants, "baseline": "default recipe", "epochs": epochs, "batch_size": batch}
+        peer = self.results.get("peer-timm")
+        if peer and "error" not in peer:
+            r["peer"] = {"images_per_second": max((v for v in peer["plain_images_per_second"].values() if v),
+                                                  default=None),
+                         "val_accuracy": peer.get("best_plain_val_accuracy")}
         return r
 
     def plain_predict(self, batch: int, attempt: int) -> dict:
@@ -600,8 +700,10 @@ def fastest(runs: list[dict]) -> dict:
     return best
 
 
-def workers_label(config: str, workers: int) -> str:
-    return f"the chapter's {workers} workers" if config == "chapter" else f"{workers} workers"
+def workers_label(config: str, workers: int, row: str | None = None) -> str:
+    if config != "chapter":
+        return f"{workers} workers"
+    return f"train.py's {workers} workers" if row == "peer-timm" else f"the chapter's {workers} workers"
 
 
 def batch_label(batch: int) -> str:
@@ -661,7 +763,7 @@ def judge(row: str, r: dict) -> dict:
     best = max(accuracies) if accuracies else None
     gap = _points(r["cvkit_val_accuracy"], best)
     tolerance = ACCURACY_TOLERANCE[row]
-    speed_passed = ratio is not None and ratio >= TARGETS[row]
+    speed_passed = ratio is not None and (ratio > TARGETS[row] if row in STRICT_TARGETS else ratio >= TARGETS[row])
     accuracy_passed = gap is not None and gap >= -tolerance
     return {"faster_plain": faster, "ratio": ratio, "ratios": ratios, "best_plain_val_accuracy": best,
             "accuracy_gap_points": gap, "accuracy_tolerance_points": tolerance, "speed_passed": speed_passed,
@@ -802,6 +904,10 @@ def table_rows(results: dict) -> list[dict]:
             add(row, "error", None, None, None, None, False, r["error"].splitlines()[0])
         elif row in TRAINING_ROWS:
             _training_lines(add, row, r)
+        elif row == "peer-timm":
+            _peer_lines(add, r)
+        elif row == "recipes":
+            _recipes_lines(add, r)
         elif row == "predict":
             _predict_lines(add, r)
         elif row == "predict-onnx":
@@ -852,6 +958,57 @@ def _training_lines(add, row: str, r: dict) -> None:
         note += f"; both sides from the pretrained backbone (its val acc {r['backbone']['val_accuracy']:.3f})"
     add(name, "best val accuracy", r["best_plain_val_accuracy"], r["cvkit_val_accuracy"], r["accuracy_gap_points"],
         f">= plain - {r['accuracy_tolerance_points']:g} pt", r["accuracy_passed"], note)
+
+
+def _peer_lines(add, r: dict) -> None:
+    """The peer-timm row: cvkit's default recipe against the faster timm-peer configuration (the
+    target: faster, and this line carries the verdict of speed and accuracy together), against each
+    other configuration, and the accuracy line (within ``ACCURACY_TOLERANCE`` points)."""
+    row, name, rates, faster = "peer-timm", "resnet18 from scratch, timm peer", r["plain_images_per_second"], \
+        r["faster_plain"]
+    labels = {c: workers_label(c, n, row) for c, n in r["plain_workers"].items()}
+    epochs = next(iter(r["plain_runs"].values()))["result"]["epochs"]
+    batch = next(iter(r["plain_runs"].values()))["result"]["batch_size"]
+    metric = f"train images/s, each side's default recipe, {_epochs(epochs)}, batch {batch}"
+    run = r["cvkit"].get("run") or {}
+    recipe = r.get("peer_recipe") or {}
+    note = (f"peer: timm {recipe.get('timm')} {recipe.get('optimizer')} lr {recipe.get('lr')}, wd "
+            f"{recipe.get('weight_decay')}, cosine + {recipe.get('warmup_epochs')} warm-up epochs, smoothing "
+            f"{recipe.get('smoothing')}, fp32; cvkit --workers {run.get('workers', '?')}, "
+            f"{r['cvkit']['result'].get('precision')}; others busy {_others(r['cvkit'], *r['plain_runs'].values())}")
+    if r["speed_passed"] and not r["accuracy_passed"]:
+        note = "FAIL: the accuracy guard failed (next lines); " + note
+    against = f"vs peer {labels.get(faster, '?')}" + (" (the faster)" if len(labels) > 1 else "")
+    add(name, f"{metric}, {against}", rates.get(faster), r["cvkit_images_per_second"], r["ratio"],
+        f"> {TARGETS[row]}x + accuracy", r["passed"], note)
+    for config, rate in rates.items():
+        if config != faster:
+            add(name, f"{metric}, vs peer {labels[config]}", rate, r["cvkit_images_per_second"],
+                r["ratios"].get(config), "", None, "no target: for reference")
+    accuracies = ", ".join(f"{labels[c]} {_fmt(a)}" for c, a in r["plain_val_accuracies"].items())
+    add(name, "best val accuracy", r["best_plain_val_accuracy"], r["cvkit_val_accuracy"], r["accuracy_gap_points"],
+        f">= peer - {r['accuracy_tolerance_points']:g} pt", r["accuracy_passed"],
+        f"peer {accuracies}; ratio: cvkit - best peer, in points")
+
+
+def _recipes_lines(add, r: dict) -> None:
+    """The recipes row: one line per variant, its best val accuracy against the default recipe's (the
+    plain column holds the default's), its train images/s in the notes; no target."""
+    base = r["variants"].get(r["baseline"]) or {}
+    base_acc, base_rate = base.get("val_accuracy"), base.get("images_per_second")
+    peer = r.get("peer")
+    where = f"{_epochs(r['epochs'])}, batch {r['batch_size']}"
+    for label, v in r["variants"].items():
+        if "error" in v:
+            add("recipes", f"{label}: best val accuracy", base_acc, None, None, "", False,
+                "error: " + v["error"].strip().splitlines()[-1][:150])
+            continue
+        note = (f"{_fmt(v['images_per_second'])} train images/s ({_fmt(_ratio(v['images_per_second'], base_rate))}x "
+                f"the default's), {v['precision']}; plain column: the default recipe; {where}")
+        if peer and label == r["baseline"]:
+            note += f"; timm peer: {_fmt(peer['val_accuracy'])}, {_fmt(peer['images_per_second'])} images/s"
+        add("recipes", f"{label}: best val accuracy", base_acc, v["val_accuracy"],
+            _points(v["val_accuracy"], base_acc), "", None, note)
 
 
 def _predict_lines(add, r: dict) -> None:
@@ -953,7 +1110,7 @@ def print_table(lines: list[dict], meta: dict) -> None:
     for line in lines:
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[line["passed"]]
         ratio = line["ratio"]
-        ratio_text = "-" if ratio is None else (f"{ratio:+.2f} pt" if line["metric"] == "best val accuracy"
+        ratio_text = "-" if ratio is None else (f"{ratio:+.2f} pt" if line["metric"].endswith("best val accuracy")
                                                 else f"{ratio:.1%}" if "agreement" in line["metric"]
                                                 else f"{ratio:.3f}" if line["metric"].startswith("seconds")
                                                 else f"{ratio:.2f}x")
@@ -1052,7 +1209,9 @@ def parse_args(argv=None):
     parser.add_argument("--epochs-frozen", type=int, help="[3; --quick 1]")
     parser.add_argument("--epochs-cached", type=int, help="[4; --quick 2] (at least 2)")
     parser.add_argument("--epochs-finetune", type=int, help="[2; --quick 1]")
-    parser.add_argument("--batch-size", type=int, help="for every training row [32; --quick 8 for resnets]")
+    parser.add_argument("--epochs-recipe", type=int, help="peer-timm and recipes rows [2; --quick 1]")
+    parser.add_argument("--batch-size", type=int,
+                        help="for every training row [32, peer-timm and recipes 16; --quick 8 for resnets]")
     parser.add_argument("--lr-net", type=float, help="[0.05]")
     parser.add_argument("--lr-resnet", type=float, help="[0.01]")
     parser.add_argument("--plain-workers", default="0,chapter",
@@ -1113,7 +1272,7 @@ def prepare_data(args) -> dict:
     if "net" in args.rows:
         needs.add("gray")
     if {"frozen", "frozen-cached", "finetune", "predict", "mobilenet-frozen", "convnext-finetune",
-            *ONNX_ROWS} & set(args.rows):
+            *ONNX_ROWS, *RECIPE_ROWS} & set(args.rows):
         needs.add("rgb")
     if {"predict", *ONNX_ROWS} & set(args.rows):
         needs.add("predict")
@@ -1133,6 +1292,13 @@ def run_meta(args, bench: Bench, seconds: float) -> dict:
         settings[row] = {"epochs": epochs, "batch_size": batch, "lr": lr,
                          "plain_workers": {c: bench.plain_workers(row, c) for c in args.plain_workers},
                          "plain_runs": {c: bench.repeats(c) for c in args.plain_workers}}
+    for row in RECIPE_ROWS:
+        if row in args.rows:
+            epochs, batch, _ = bench.settings(row)
+            settings[row] = {"epochs": epochs, "batch_size": batch, "lr": None}
+            if row == "peer-timm":
+                settings[row].update({"plain_workers": {c: bench.plain_workers(row, c) for c in args.plain_workers},
+                                      "plain_runs": {c: bench.repeats(c) for c in args.plain_workers}})
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
             "device": args.device, "rows": args.rows, "seconds": round(seconds, 1), "cvkit": bench.cvkit,
             "settings": settings, "cvkit_workers": args.cvkit_workers,
@@ -1149,7 +1315,16 @@ def run_meta(args, bench: Bench, seconds: float) -> dict:
 def print_notes(meta: dict, args) -> None:
     """The settings under the table: each row's sizes and configurations, the backbone, the repeats."""
     for row, s in meta["settings"].items():
-        if row in args.rows:
+        if row == "recipes" and row in args.rows:
+            print(f"  recipes: {_epochs(s['epochs'])}, batch {s['batch_size']}, each side's own lr; cvkit --workers "
+                  f"{args.cvkit_workers}, each variant once: {'; '.join(label for label, _ in RECIPES)}")
+        elif row == "peer-timm" and row in args.rows:
+            peer = " and ".join(f"{workers_label(c, n, row)} ({_runs(s['plain_runs'][c])})"
+                                for c, n in s["plain_workers"].items())
+            print(f"  peer-timm: {_epochs(s['epochs'])}, batch {s['batch_size']}, each side's own lr (timm: train.py's "
+                  f"0.1 x batch / 256); timm peer with {peer}; cvkit --workers {args.cvkit_workers} "
+                  f"({_runs(args.repeat)})")
+        elif row in args.rows:
             plain = " and ".join(f"{workers_label(c, n)} ({_runs(s['plain_runs'][c])})"
                                  for c, n in s["plain_workers"].items())
             print(f"  {row}: {_epochs(s['epochs'])}, batch {s['batch_size']}, lr {s['lr']}; plain loop with "
