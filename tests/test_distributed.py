@@ -140,11 +140,25 @@ def test_a_peer_lost_in_a_collective_is_reworded_with_where_and_what_is_saved():
 
 # --- real jobs: torchrun, gloo, 2 processes ------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def one_and_two(toy, tmp_path_factory):
+    """The toy set trained 4 epochs by one process (``ROOT/one``) and by two (``ROOT/runs/ddp``,
+    ``--nproc 2``: the launcher runs torchrun, gloo, and rank 0 writes the run): (ROOT, one, two),
+    the completed processes. Shared by the two tests below, which once each trained a 2-process run
+    of their own; a job started by torchrun directly is the other tests' (killing a rank, restarts,
+    frozen backbones)."""
+    root = tmp_path_factory.mktemp("one-and-two")
+    args = [*TRAIN, "--epochs", "4", "--batch-size", "16", "--json"]
+    one = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(root / "one")], cwd=root)
+    two = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(root / "runs" / "ddp"),
+                "--nproc", "2"], cwd=root)
+    return root, one, two
+
+
 @pytest.mark.slow
-def test_two_processes_write_one_run_whose_accuracy_eval_repeats(toy, tmp_path):
+def test_two_processes_write_one_run_whose_accuracy_eval_repeats(one_and_two):
+    tmp_path, _, r = one_and_two
     run = tmp_path / "runs" / "ddp"
-    r = _run(_torchrun(2, "train", str(toy), *TRAIN, "--epochs", "2", "--batch-size", "16", "--out", str(run),
-                       "--json"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)  # one JSON document: rank 0 alone prints
     assert summary["run_dir"] == str(run)
@@ -187,14 +201,11 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path
 
 
 @pytest.mark.slow
-def test_two_processes_learn_the_toy_set_as_well_as_one(toy, tmp_path):
+def test_two_processes_learn_the_toy_set_as_well_as_one(one_and_two):
     """Different data orders (DistributedSampler shuffles on its own), so the same accuracy only
     within a few images; the test above checks the steps themselves."""
-    args = [*TRAIN, "--epochs", "4", "--batch-size", "16", "--json"]
-    one = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(tmp_path / "one")])
+    _, one, two = one_and_two
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run([sys.executable, "-m", "cvkit", "train", str(toy), *args, "--out", str(tmp_path / "two"),
-                "--nproc", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
     acc1 = json.loads(one.stdout)["best_val_accuracy"]
     acc2 = json.loads(two.stdout)["best_val_accuracy"]
