@@ -25,16 +25,26 @@ def shapes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(shapes, tmp_path_factory):
-    """One 2-epoch run of net, shared by the read-only tests below."""
+def trained_summary(shapes, tmp_path_factory):
+    """One 2-epoch run of net and its --json summary, shared by the read-only tests below (the
+    complete-run-directory test reads both, the resume test compares its resumed run with it)."""
+    import contextlib
+
     from cvkit.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "net-run"
+    printed = io.StringIO()
     try:
-        main(["train", str(shapes), *FAST, "--out", str(run), "--json"])
+        with contextlib.redirect_stdout(printed):
+            main(["train", str(shapes), *FAST, "--out", str(run), "--json"])
     except SystemExit as exc:
         assert not exc.code, exc.code
-    return run
+    return run, json.loads(printed.getvalue())
+
+
+@pytest.fixture(scope="module")
+def trained(trained_summary):
+    return trained_summary[0]
 
 
 def _json(result):
@@ -42,9 +52,8 @@ def _json(result):
     return json.loads(result.out)
 
 
-def test_train_writes_a_complete_run_directory(cli, shapes, tmp_path):
-    run = tmp_path / "run"
-    summary = _json(cli("train", str(shapes), *FAST, "--out", str(run), "--json"))
+def test_train_writes_a_complete_run_directory(trained_summary):
+    run, summary = trained_summary  # `cvkit train SHAPES FAST --out RUN --json`, once for the module
     for key in ("run_dir", "best_epoch", "best_val_accuracy", "epochs_run", "seconds", "train_images_per_second"):
         assert key in summary
     assert summary["run_dir"] == str(run) and summary["epochs_run"] == 2
@@ -175,15 +184,15 @@ def test_command_line_wins_over_config_file(cli, shapes, tmp_path):
     assert ckpt["config"]["batch_size"] == 8 and ckpt["config"]["epochs"] == 1
 
 
-def test_resume_continues_a_stopped_run(cli, shapes, tmp_path):
-    straight = _json(cli("train", str(shapes), *FAST, "--out", str(tmp_path / "straight"), "--json"))
+def test_resume_continues_a_stopped_run(cli, shapes, trained_summary, tmp_path):
+    straight_run, straight = trained_summary  # the same command, 2 epochs without a stop
     one = [a if a != "2" else "1" for a in FAST]
     _json(cli("train", str(shapes), *one, "--out", str(tmp_path / "resumed"), "--json"))
     resumed = _json(cli("train", "--resume", str(tmp_path / "resumed"), "--epochs", "2", "--json"))
     assert resumed["epochs_run"] == 1 and resumed["last_epoch"] == 2
     rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    a = torch.load(straight_run / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     for k in a["model_state"]:
         assert torch.equal(a["model_state"][k], b["model_state"][k]), k
