@@ -49,6 +49,8 @@ def register_losses(register):
     """Register losses: ``register(name, build, *, help="")``.
 
     ``build(**options)`` returns a callable ``(logits: Tensor[N, C], targets: LongTensor[N]) -> scalar Tensor``.
+    With ``--mixup`` / ``--cutmix`` the targets are class probabilities (``Tensor[N, C]``, rows summing
+    to 1). A factory that takes a ``weight`` keyword gets one weight per class for ``--balance loss``.
     """
 
 
@@ -63,9 +65,13 @@ def register_optimizers(register):
 
 @hookspec
 def register_schedulers(register):
-    """Register learning-rate schedulers: ``register(name, build, *, help="")``.
+    """Register learning-rate schedulers: ``register(name, build, *, help="", interval="epoch")``.
 
-    ``build(optimizer, *, epochs: int, **options)`` returns a scheduler stepped once per epoch, or None.
+    ``build(optimizer, *, epochs: int, **options)`` returns a scheduler, or None. With
+    ``interval="epoch"`` cvkit steps it once after each epoch's training; with ``interval="step"``
+    after every optimizer step. A factory that takes ``steps_per_epoch`` gets the optimizer steps of
+    an epoch; one that takes ``warmup_epochs`` gets ``--warmup-epochs`` (a float; without that
+    keyword, a warm-up is refused in one line).
     """
 
 
@@ -94,8 +100,11 @@ def register_callbacks(register):
 
     ``build(**options)`` returns an object; ``cvkit train --callback NAME`` calls whichever of these
     methods it has: ``on_train_start(run)``, ``on_epoch_end(run, metrics)`` (the epoch's row of
-    metrics.csv), ``on_train_end(run, summary)`` (what ``--json`` prints) and ``on_step_end(run,
-    step)`` (after each optimizer step; only a callback that defines it costs anything per step).
+    metrics.csv), ``on_train_end(run, summary)`` (what ``--json`` prints), ``on_step_end(run,
+    step)`` (after each optimizer step, its loss in ``run.step_loss``; only a callback that defines
+    it costs anything per step), ``on_validation_start(run)`` / ``on_validation_end(run)`` (around
+    each epoch's validation pass) and ``on_checkpoint(run, payload)`` (the checkpoint dict before it
+    is written: add plain data or tensors to it; ``--ema`` puts its averaged weights in this way).
     ``run`` has ``run_dir``, ``model``, ``optimizer``, ``classes``, ``config``, ``epoch``,
     ``history`` and ``should_stop``: setting it to True ends training after the current epoch.
     See docs/plugins.md.

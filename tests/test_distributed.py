@@ -72,7 +72,7 @@ def _run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=_env(), **kw)
 
 
-TRAIN = ["--model", "net", "--workers", "0", "--precision", "fp32", "--lr", "0.05", "--seed", "1"]
+TRAIN = ["--model", "net", "--workers", "0", "--precision", "fp32", "--recipe", "chapter", "--lr", "0.05", "--seed", "1"]
 
 
 # --- pieces, no processes ------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_the_docs_show_commands_and_online_ones_are_known():
     # what may not run offline: the chapter's ImageNet weights and a dataset download, nothing else
     assert ONLINE == {"cvkit train data/hymenoptera --model resnet18-frozen",
                       "cvkit data download cifar10 data/cifar"}, ONLINE
-    assert "optimizer.momentum=0.5" in inline_options("README.md")
+    assert "optimizer.weight_decay=0.01" in inline_options("README.md")
 
 
 @pytest.mark.slow

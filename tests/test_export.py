@@ -311,7 +311,7 @@ def test_int8_onnx_keeps_top1_and_says_so(cli, tmp_path):
 
     root = tmp_path / "shapes"
     make_shapes(root, train_per_class=100, val_per_class=25, size=32, seed=5)
-    run = train_run(tmp_path / "run", str(root), "--model", "net", "--epochs", "8", "--lr", "0.05",
+    run = train_run(tmp_path / "run", str(root), "--model", "net", "--epochs", "8", "--recipe", "chapter", "--lr", "0.05",
                     "--batch-size", "16", "--workers", "0")
     learned = max(float(row.split(",")[4]) for row in (run / "metrics.csv").read_text().splitlines()[1:])
     assert learned >= 0.7  # a model that learned (0.89 when written), so its top-1 classes mean something

@@ -95,8 +95,8 @@ def test_train_help_at_80_columns_shows_defaults_in_the_chapters_words(tmp_path)
     r = piped(["train", "--help"], tmp_path, COLUMNS="80")
     assert r.returncode == 0
     text = words(r.stdout)
-    for shown in ("[default: 25]", "[default: net]", "[default: 0.001]", "[default: 32]", "[default: sgd]",
-                  "[default: step]", "chapter's StepLR", "momentum 0.9", "[default: auto]"):
+    for shown in ("[default: 25]", "[default: net]", "[default: default]", "[default: 32]", "the recipe's",
+                  "chapter's StepLR", "momentum 0.9", "[default: auto]", "chapter: SGD lr"):
         assert shown in text, shown
     assert " . " not in text and not re.search(r"\w \.", text)  # no help ending in a stray " ."
     assert "<bool>" not in text  # a flag takes no value

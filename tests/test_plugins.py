@@ -327,7 +327,7 @@ def test_builtin_plugins_come_from_the_cvkit_entry_point_group(cli):
     assert set(plugins["resnet18"]["registered"]["models"]) == {"resnet18-finetune", "resnet18-frozen"}
     assert set(plugins["losses"]["registered"]["losses"]) == {"cross-entropy", "mse", "label-smoothing"}
     assert set(plugins["optimizers"]["registered"]["optimizers"]) == {"sgd", "adam", "adamw"}
-    assert set(plugins["schedulers"]["registered"]["schedulers"]) == {"step", "cosine", "none"}
+    assert set(plugins["schedulers"]["registered"]["schedulers"]) == {"step", "cosine", "onecycle", "none"}
     assert set(plugins["transforms"]["registered"]["transforms"]) == {"chapter", "plain"}
     assert plugins["datasets"]["registered"]["datasets"] == ["imagefolder"]
     # built-ins are listed before third-party plugins

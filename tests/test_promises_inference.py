@@ -43,7 +43,8 @@ def resnet_run(tmp_path_factory) -> tuple[Path, Path]:
     out = base / "run"
     try:
         main(["train", str(data), "--model", "resnet18-finetune", "--weights", "none", "--epochs", "1",
-              "--batch-size", "8", "--lr", "0.01", "--workers", "0", "--seed", "0", "--out", str(out), "--json"])
+              "--batch-size", "8", "--recipe", "chapter", "--lr", "0.01", "--workers", "0", "--seed", "0", "--out", str(out),
+              "--json"])
     except SystemExit as exc:
         assert not exc.code
     return data, out

@@ -14,7 +14,7 @@ import torch
 from cvkit_plugins.demo import make_shapes
 
 CLASSES = ["circle", "square", "star", "triangle"]
-FAST = ["--epochs", "2", "--lr", "0.01", "--workers", "0", "--batch-size", "8"]
+FAST = ["--epochs", "2", "--recipe", "chapter", "--lr", "0.01", "--workers", "0", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +185,9 @@ def test_command_line_wins_over_config_file(cli, shapes, tmp_path):
 
 
 def test_resume_continues_a_stopped_run(cli, shapes, trained_summary, tmp_path):
+    """Extending a run: exact for a schedule that does not depend on --epochs (the chapter's StepLR);
+    a per-step cosine is stretched to the new length instead (tests/test_recipes.py checks exact
+    resumes of the default recipe after a stop within the same --epochs)."""
     straight_run, straight = trained_summary  # the same command, 2 epochs without a stop
     one = [a if a != "2" else "1" for a in FAST]
     _json(cli("train", str(shapes), *one, "--out", str(tmp_path / "resumed"), "--json"))

@@ -9,7 +9,7 @@ import typer
 from cvkit import ui
 from cvkit.cli.options import D, DatasetOpt, JsonOpt, OptOpt, ValSplitOpt, _given
 from cvkit.cli.train import (BatchSizeOpt, ConfigOpt, DataArg, DeviceOpt, LossOpt, ModelOpt, OptimizerOpt,
-                             PrecisionOpt, SeedOpt, TransformsOpt, WeightsOpt, WorkersOpt)
+                             PrecisionOpt, RecipeOpt, SeedOpt, TransformsOpt, WeightsOpt, WorkersOpt)
 
 StartLrOpt = Annotated[float, typer.Option(metavar="LR", help="The learning rate of the first step.")]
 EndLrOpt = Annotated[float, typer.Option(metavar="LR", help="The learning rate of the last step.")]
@@ -29,8 +29,9 @@ def lr_find_cmd(
     transforms: TransformsOpt = None,
     weights: WeightsOpt = None,
     batch_size: BatchSizeOpt = D.batch_size,
-    optimizer: OptimizerOpt = D.optimizer,
-    loss: LossOpt = D.loss,
+    recipe: RecipeOpt = D.recipe,
+    optimizer: OptimizerOpt = None,
+    loss: LossOpt = None,
     opt: OptOpt = None,
     device: DeviceOpt = D.device,
     precision: PrecisionOpt = D.precision,
@@ -49,7 +50,7 @@ def lr_find_cmd(
     from cvkit.options import parse_opts
 
     values = dict(data=data, model=model, dataset=dataset, val_split=val_split, transforms=transforms,
-                  weights=weights, batch_size=batch_size, optimizer=optimizer, loss=loss, device=device,
+                  weights=weights, batch_size=batch_size, recipe=recipe, optimizer=optimizer, loss=loss, device=device,
                   precision=precision, workers=workers, seed=seed, options=parse_opts(opt) or None)
     given = {k: v for k, v in values.items() if v is not None and _given(ctx, k)}  # a config file fills the rest
     report = lr_find(cli_values=given, config_file=config, start_lr=start_lr, end_lr=end_lr, steps=steps,

@@ -62,6 +62,9 @@ def one_epoch(run, plan, stop, progress, callbacks=None) -> dict:
     callbacks = callbacks or Callbacks([])
     t0 = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
+    if run.interrupted and epoch == run.start_epoch:  # a per-step schedule has moved on since the epoch began
+        lr = run.interrupted.get("lr", lr)
+    run.epoch_lr = lr
     epoch_rng = rng_state(plan.train_loader)  # a last.pt saved in this epoch replays from here
     set_loader_epoch(plan.train_loader, epoch)  # a new order per epoch (distributed sampler, stream)
     if info.enabled:  # each process its own augmentation numbers
@@ -120,7 +123,8 @@ def _save_the_stopped_epoch(run, plan, stop, tr: dict, epoch_rng: dict, rng_afte
     record = {"epoch": epoch, "step": step, "steps": len(train_loader),
               "batch_size": run.config.batch_size, "images": len(run.splits.train),
               "totals": tr["totals"], "rng": rng_after_train,
-              "signal": signal_name(stop.requested or signal.SIGTERM), "processes": run.info.world}
+              "signal": signal_name(stop.requested or signal.SIGTERM), "processes": run.info.world,
+              "lr": run.epoch_lr}
     payload = checkpoint_payload(run, epoch=epoch - 1, rng=epoch_rng, interrupted=record,
                                  metrics={"epoch": epoch, "step": step, "train_loss": tr["loss"],
                                           "train_accuracy": tr["accuracy"]})

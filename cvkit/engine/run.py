@@ -52,6 +52,7 @@ class Run:
     phase_results: tuple = ()  # the last epoch's train and validation results (run_phase's)
     start_epoch: int = 1
     epoch: int = 0
+    epoch_lr: float = 0.0  # the lr at the start of this epoch (its row of metrics.csv)
     interrupted: dict | None = None  # the stopped epoch a resumed run continues
     holds: str | None = None  # what last.pt holds, for the message of an abort
     config_record: dict = field(default_factory=dict)
