@@ -365,3 +365,26 @@ def test_a_run_from_before_recipes_resumes_with_the_chapter_recipe():
     from cvkit.commands import train
 
     assert 'saved_config.setdefault("recipe", "chapter")' in inspect.getsource(train.train_command)
+
+
+@pytest.mark.slow
+def test_every_recipe_part_trains_under_two_processes(stripes, tmp_path):
+    """--nproc 2 (gloo on the CPU) with each part on: the balanced sampler splits one draw between
+    the processes, accumulation skips the gradient exchange between a group's batches, and the
+    average is the same in both processes (rank 0 saves it)."""
+    import subprocess
+    import sys
+
+    from tests.test_distributed import JOB_TIMEOUT, _env
+
+    out = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "cvkit", "train", str(stripes), *FAST, "--batch-size", "8",
+                        "--epochs", "2", "--ema", "0.8", "--mixup", "0.3", "--accumulate", "2", "--clip-grad", "5",
+                        "--balance", "sampler", "--nproc", "2", "--out", str(out), "--json"],
+                       capture_output=True, text=True, timeout=JOB_TIMEOUT, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = _state(out)
+    assert ckpt["run"]["processes"] == 2 and ckpt["run"]["balance"]["by"] == "sampler"
+    # 32 images: 16 draws per process, in batches of 4 (the global 8 halved), 2 batches per step: 2 steps an epoch
+    assert ckpt["ema"]["updates"] == 2 * 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model_state"].values() if v.is_floating_point())
