@@ -6,7 +6,6 @@ defaults, resume and the YAML config with all of them."""
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
