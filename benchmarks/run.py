@@ -379,13 +379,16 @@ class Bench:
                     epochs: int | None = None, name: str | None = None, attempt: int = 1,
                     extra: list[str] | tuple = ()) -> dict:
         """``cvkit train`` on the row's settings (``--lr`` left out when the row's lr is None: cvkit's
-        recipe chooses), plus ``extra`` flags."""
+        recipe chooses), plus ``extra`` flags. Rows other than the recipe rows run ``--recipe chapter``,
+        the plain loop's own recipe."""
         e, batch, lr = self.settings(row)
         epochs = epochs or e
         name = (name or row) + self._suffix(attempt)
         out = self.work / f"{name}-cvkit-run"
         cmd = [*self.cvkit, "train", data, "--model", model, "--weights", weights, "--epochs", str(epochs),
                "--batch-size", str(batch), *(["--lr", str(lr)] if lr is not None else []),
+               # the chapter rows race plain.py's chapter loop (SGD, StepLR): cvkit runs the same recipe
+               *(["--recipe", "chapter"] if row not in RECIPE_ROWS else []),
                "--workers", self.args.cvkit_workers,
                "--seed", str(self.args.seed), "--device", self.args.device, "--json", "--out", str(out), *extra]
         if transforms:

@@ -19,14 +19,16 @@ def _imagenet_state_dict():
     return imagenet_state_dict(ResNet18_Weights.IMAGENET1K_V1, "resnet18")
 
 
-def _build(num_classes: int, weights: str | None, frozen: bool):
+def _build(num_classes: int, weights: str | None, frozen: bool, zero_init_residual: bool | None = None):
     from torch import nn
 
     from cvkit.checkpoint import load_weights_into
     from cvkit_plugins.resnet_models import FrozenBackboneResNet18, ResNet18
 
-    model = FrozenBackboneResNet18() if frozen else ResNet18()
     weights = "imagenet" if weights is None else weights
+    if zero_init_residual is None:  # from scratch: zero-init residual, as the zoo's resnets and timm's
+        zero_init_residual = weights in ("none", "")
+    model = FrozenBackboneResNet18(bool(zero_init_residual)) if frozen else ResNet18(bool(zero_init_residual))
     if weights == "imagenet":
         model.load_state_dict(_imagenet_state_dict())
     model.fc = nn.Linear(model.fc.in_features, num_classes)
@@ -39,12 +41,14 @@ def _build(num_classes: int, weights: str | None, frozen: bool):
     return model
 
 
-def build_finetune(num_classes: int, weights: str | None = "imagenet"):
-    return _build(num_classes, weights, frozen=False)
+def build_finetune(num_classes: int, weights: str | None = "imagenet", zero_init_residual: bool | None = None):
+    """``zero_init_residual`` (default: with ``--weights none``): each block's last BatchNorm starts at
+    0; ``--opt model.zero_init_residual=false`` keeps torchvision's plain initialisation."""
+    return _build(num_classes, weights, frozen=False, zero_init_residual=zero_init_residual)
 
 
-def build_frozen(num_classes: int, weights: str | None = "imagenet"):
-    return _build(num_classes, weights, frozen=True)
+def build_frozen(num_classes: int, weights: str | None = "imagenet", zero_init_residual: bool | None = None):
+    return _build(num_classes, weights, frozen=True, zero_init_residual=zero_init_residual)
 
 
 @cvkit.hookimpl

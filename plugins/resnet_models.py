@@ -4,8 +4,12 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 
 class ResNet18(ResNet):
-    def __init__(self):
-        super().__init__(BasicBlock, [2, 2, 2, 2])
+    """``zero_init_residual``: each residual block's last BatchNorm starts at 0, so every block starts
+    as the identity (for training from scratch: the first steps then cannot blow up the activations
+    that validation's running statistics lag behind; loaded weights overwrite it)."""
+
+    def __init__(self, zero_init_residual: bool = False):
+        super().__init__(BasicBlock, [2, 2, 2, 2], zero_init_residual=zero_init_residual)
 
 
 class FrozenBackboneResNet18(ResNet18):
