@@ -191,8 +191,6 @@ def _sweep(run, plan, lrs: list[float], show_progress: bool) -> tuple[list[float
         set_lr(lrs[i])
 
     set_lr(lrs[0])
-    # train's way of stepping (accumulation, mixing, clipping), where the engine has one
-    rule = {"rule": run.rule} if getattr(run, "rule", None) is not None else {}
     passes = 0
     try:
         with progress:
@@ -201,7 +199,7 @@ def _sweep(run, plan, lrs: list[float], show_progress: bool) -> tuple[list[float
                 set_loader_epoch(plan.train_loader, passes)
                 result = run_phase(plan.phase_model, plan.train_loader, run.loss_fn, device=run.device,
                                    precision=run.precision, optimizer=run.optimizer, scaler=run.scaler,
-                                   epoch=passes, on_step=on_step, **rule)
+                                   epoch=passes, on_step=on_step, rule=run.rule)  # train's way of stepping
                 if not result["images"]:
                     raise DataError(f"lr-find {run.config.data}: the training split gives no batch of "
                                     f"--batch-size {run.config.batch_size}")
