@@ -31,19 +31,20 @@ class WeightAverage:
                 self.updates = int(saved.get("updates", 0))
             else:
                 self.average = {k: v.detach().clone() for k, v in state.items()}
-        self._floats = [k for k, v in state.items() if v.is_floating_point()]
-        self._others = [k for k, v in state.items() if not v.is_floating_point()]
+        # the state's tensors share the model's storage and stay the same objects (optimizer steps and
+        # the swaps below write into them), so the pairs are taken once, not per step
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        self._pairs = ([self.average[k] for k in floats], [state[k] for k in floats])
+        self._others = [(self.average[k], v) for k, v in state.items() if not v.is_floating_point()]
         run.run_record["ema_decay"] = self.decay
 
     def on_step_end(self, run, step: int) -> None:
         import torch
 
-        state = run.model.state_dict()
         with torch.no_grad():
-            averages = [self.average[k] for k in self._floats]
-            torch._foreach_lerp_(averages, [state[k].detach() for k in self._floats], 1.0 - self.decay)
-            for k in self._others:
-                self.average[k].copy_(state[k])
+            torch._foreach_lerp_(*self._pairs, 1.0 - self.decay)
+            for average, live in self._others:
+                average.copy_(live)
         self.updates += 1
 
     def on_validation_start(self, run) -> None:
