@@ -198,9 +198,9 @@ def test_every_png_names_its_model_and_run(cli, run, shapes, twelve, tmp_path):
     report = _json(cli("eval", str(swapped), "--checkpoint", ckpt, "--out", str(tmp_path / "ev"), "--json",
                        "--workers", "0"))
     assert report["accuracy"] < 1
-    cm, wrong = _title(report["files"]["confusion_matrix"]), _title(report["files"]["misclassified"])
+    cm, top = _title(report["files"]["confusion_matrix"]), _title(report["files"]["top_losses"])
     assert cm.startswith(f"net ({ckpt}): confusion matrix on {swapped}: accuracy ")
-    assert wrong.startswith(f"net ({ckpt}): ") and f"misclassified on {swapped}" in wrong
+    assert top.startswith(f"net ({ckpt}): the 12 highest losses of 12 images (") and f"misclassified) on {swapped}" in top
 
     preview = tmp_path / "preview.png"
     assert cli("preview", str(shapes), "--out", str(preview), "--count", "4").code == 0

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from cvkit import ui
+from cvkit.analysis import TOP_LOSSES
 from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP, WORKERS_HELP, CheckpointOpt, JsonOpt, OptOpt
 
 TTA_HELP = ("Test-time augmentation: also run each image mirrored left to right; loss, accuracy and "
@@ -28,18 +29,23 @@ def eval_cmd(
     workers: Annotated[str, typer.Option(metavar="N", help=WORKERS_HELP)] = "auto",
     out: Annotated[Optional[str], typer.Option(
         metavar="DIR", show_default="no pictures",
-        help="Also write confusion_matrix.png and misclassified.png into this folder.")] = None,
+        help="Also write confusion_matrix.png and top_losses.png (the --top images of the highest loss) "
+             "into this folder.")] = None,
+    top: Annotated[int, typer.Option(
+        metavar="N", help="Show the N images of the highest loss, worst first (in --json, and in "
+                          "top_losses.png with --out); 0 for none.")] = TOP_LOSSES,
     tta: Annotated[bool, typer.Option(
         "--tta", metavar="", help=TTA_HELP)] = False,
     json: JsonOpt = False,
 ):
-    """Evaluate a checkpoint: loss, top-1/top-5, per-class precision/recall/F1, confusion matrix."""
+    """Evaluate a checkpoint: loss, top-1/top-5, per-class scores, confusion matrix, most confused, top losses."""
     from cvkit.commands.evaluate import evaluate_checkpoint, render_eval
     from cvkit.options import parse_opts
 
     report = evaluate_checkpoint(data=data, checkpoint=checkpoint, batch_size=batch_size, device=device,
                                  precision=precision, workers=workers, out=out, show_progress=not json,
-                                 dataset=dataset, dataset_options=parse_opts(opt).get("dataset"), tta=tta)
+                                 dataset=dataset, dataset_options=parse_opts(opt).get("dataset"), tta=tta,
+                                 top=top)
     ui.print_json(report) if json else render_eval(report)
 
 

@@ -1,13 +1,13 @@
-"""`cvkit eval`: a checkpoint's loss, accuracy, per-class scores and confusion matrix on a folder."""
+"""`cvkit eval`: a checkpoint's loss, accuracy, per-class scores and confusion matrix on a folder,
+the pairs of classes it confuses most and the images of its highest losses (see :mod:`cvkit.analysis`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cvkit import ui
+from cvkit.analysis import TOP_LOSSES
 from cvkit.errors import DataError, UsageError
-
-MISCLASSIFIED_SHOWN = 32
 
 
 def run_splits(ckpt: dict, transform, plugins, *, dataset: str | None = None, options: dict | None = None):
@@ -97,10 +97,13 @@ def per_class_scores(matrix: list[list[int]], classes: list[str]) -> list[dict]:
 def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = None, batch_size: int = 64,
                         device: str = "auto", precision: str = "auto", workers: str | int = "auto",
                         out: str | None = None, show_progress: bool = True, dataset: str | None = None,
-                        dataset_options: dict | None = None, tta: bool = False, plugins=None) -> dict:
-    """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on DATA. ``tta``: each
-    image is also predicted mirrored (:data:`cvkit.onnxrun.TTA_VIEWS`); the prediction and the loss
-    are those of the views' mean probabilities."""
+                        dataset_options: dict | None = None, tta: bool = False, top: int = TOP_LOSSES,
+                        plugins=None) -> dict:
+    """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on DATA, the most confused
+    pairs of classes and the ``top`` images of the highest loss. ``tta``: each image is also predicted
+    mirrored (:data:`cvkit.onnxrun.TTA_VIEWS`); the prediction and the loss are those of the views'
+    mean probabilities."""
+    from cvkit.analysis import most_confused, top_losses
     from cvkit.build import build_loss
     from cvkit.inference import restore_model
     from cvkit.data import make_loader, parse_workers, resolve_workers
@@ -108,6 +111,8 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     from cvkit.plugins import get_plugins
     from cvkit.engine.phase import confusion_matrix, run_phase
 
+    if top < 0:
+        raise UsageError(f"--top {top}: the number of highest-loss images to show, 0 or more")
     plugins = plugins or get_plugins()
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -130,7 +135,7 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
     topk = 5 if len(classes) > 5 else 1
     with ui.make_progress(enabled=show_progress) as progress:
         result = run_phase(model, loader, loss_fn, device=dev, precision=prec, progress=progress,
-                           description="eval", label_map=label_map, collect=True, topk=topk)
+                           description="eval", label_map=label_map, collect="scores", topk=topk)
     matrix = confusion_matrix(result["targets"], result["predictions"], len(classes))
     report = {
         "checkpoint": str(path),
@@ -143,13 +148,15 @@ def evaluate_checkpoint(*, data: str | None = None, checkpoint: str | None = Non
         "classes": classes,
         "per_class": per_class_scores(matrix, classes),
         "confusion_matrix": matrix,
+        "most_confused": most_confused(matrix, classes),
+        "top_losses": top_losses(result, dataset, classes, top),
         "device": str(dev),
         "precision": prec,
         "tta": views,
         "images_per_second": round(result["images_per_second"], 2),
     }
     if out:
-        report["files"] = _write_eval_pictures(Path(out), report, dataset, result, spec)
+        report["files"] = _write_eval_pictures(Path(out), report, dataset, spec)
     return report
 
 
@@ -167,39 +174,16 @@ def _with_tta(model, loss: str):
     return with_tta(model, TTA_VIEWS), list(TTA_VIEWS)
 
 
-def _samples_at(dataset, indices: list[int]):
-    """The samples at these positions (ascending); a stream (sharded data, read in the same order on
-    every pass) is read again up to the last of them."""
-    from torch.utils.data import IterableDataset
-
-    if not isinstance(dataset, IterableDataset):
-        return [dataset[i] for i in indices]
-    wanted, found = set(indices), {}
-    for i, sample in enumerate(dataset):
-        if i in wanted:
-            found[i] = sample
-        if i >= indices[-1]:
-            break
-    return [found[i] for i in indices]
-
-
-def _write_eval_pictures(out: Path, report: dict, dataset, result: dict, spec) -> dict:
+def _write_eval_pictures(out: Path, report: dict, dataset, spec) -> dict:
     from cvkit import reports
+    from cvkit.analysis import write_top_losses
 
     shows = f"{report['model']} ({report['checkpoint']})"  # each picture says which model and run it shows
     files = {"confusion_matrix": str(reports.plot_confusion_matrix(
         report["confusion_matrix"], report["classes"], out / "confusion_matrix.png",
         title=f"{shows}: confusion matrix on {report['data']}"))}
-    wrong = [i for i, (t, p) in enumerate(zip(result["targets"], result["predictions"])) if t != p]
-    if wrong:
-        images, labels = [], []
-        for i, (x, _) in zip(wrong[:MISCLASSIFIED_SHOWN], _samples_at(dataset, wrong[:MISCLASSIFIED_SHOWN])):
-            images.append(reports.denormalize(x, spec.mean, spec.std))
-            labels.append(f"{report['classes'][result['predictions'][i]]}\n(true: {report['classes'][result['targets'][i]]})")
-        files["misclassified"] = str(reports.image_grid(
-            images, labels, out / "misclassified.png", colors=["red"] * len(images),
-            title=f"{shows}: {len(wrong)} of {report['images']} misclassified on {report['data']}"
-                  + (f" (the first {MISCLASSIFIED_SHOWN} shown)" if len(wrong) > MISCLASSIFIED_SHOWN else "")))
+    if report["top_losses"]:
+        files["top_losses"] = str(write_top_losses(out / "top_losses.png", report, dataset, spec, shows))
     return files
 
 
@@ -207,6 +191,8 @@ def render_eval(report: dict) -> None:
     from rich import box
     from rich.markup import escape as esc
     from rich.table import Table
+
+    from cvkit.analysis import render_most_confused
 
     out = ui.out
     top5 = f", top-5 {report['top5_accuracy']:.3f}" if report.get("top5_accuracy") is not None else ""
@@ -222,6 +208,7 @@ def render_eval(report: dict) -> None:
         table.add_row(esc(r["class"]), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     ui.print_fitted(table, drop=("support", "f1"))
     _render_confusion(report)
+    render_most_confused(report)
     for name, path in (report.get("files") or {}).items():
         out.print(f"{name.replace('_', ' ')}: {esc(path)}")
 

@@ -20,11 +20,17 @@ from cvkit.errors import DataError, NumericalError
 
 class _Tally:
     """The running sums of a pass: loss, correct (top-1 and top-k), images, and with ``collect``
-    the predicted and true labels."""
+    the predicted and true labels; with ``collect="scores"`` also, per image, the probability of
+    the predicted class and of the true class (softmax in float32) and the loss (``loss_fn``)."""
 
-    def __init__(self, topk: int, collect: bool, totals: dict | None = None):
+    def __init__(self, topk: int, collect: bool | str, totals: dict | None = None, loss_fn=None):
         self.topk, self.collect = topk, collect
+        self.scores = collect == "scores"
+        if self.scores and loss_fn is None:
+            raise ValueError('collect="scores" needs the loss function')
+        self.loss_fn = loss_fn
         self.predictions, self.targets = [], []
+        self.probabilities, self.true_probabilities, self.losses = [], [], []
         totals = totals or {}
         self.loss_sum = totals.get("loss_sum", 0.0)
         self.correct = totals.get("correct", 0)
@@ -43,6 +49,21 @@ class _Tally:
         if self.collect:
             self.predictions.append(predicted.cpu())
             self.targets.append(y.cpu())
+        if self.scores:
+            self.add_scores(logits, y, predicted)
+
+    def add_scores(self, logits, y, predicted) -> None:
+        """Each image's probabilities and loss. A loss (a plugin: any callable) gives the mean over
+        its batch, so each image's is the loss of a batch of that image alone."""
+        import torch
+
+        with torch.no_grad():
+            logits = logits.detach().float()
+            probabilities = logits.softmax(1)
+            self.probabilities.append(probabilities.gather(1, predicted[:, None])[:, 0].cpu())
+            self.true_probabilities.append(probabilities.gather(1, y[:, None])[:, 0].cpu())
+            losses = [self.loss_fn(logits[i:i + 1], y[i:i + 1]).float().reshape(()) for i in range(y.shape[0])]
+            self.losses.append(torch.stack(losses).cpu())
 
     def totals(self) -> dict:
         return {"loss_sum": self.loss_sum, "correct": self.correct, "correct_k": self.correct_k, "seen": self.seen}
@@ -55,9 +76,11 @@ class _Tally:
                   "seconds": seconds, "images_per_second": self.seen / seconds if seconds > 0 else 0.0}
         if self.topk > 1:
             result[f"top{self.topk}_accuracy"] = self.correct_k / seen
-        if self.collect:
-            result["predictions"] = torch.cat(self.predictions).tolist() if self.predictions else []
-            result["targets"] = torch.cat(self.targets).tolist() if self.targets else []
+        collected = (("predictions", "targets", "probabilities", "true_probabilities", "losses") if self.scores
+                     else ("predictions", "targets") if self.collect else ())
+        for key in collected:
+            parts = getattr(self, key)
+            result[key] = torch.cat(parts).tolist() if parts else []
         if training:  # the running sums, for a checkpoint that continues this pass
             result["totals"] = self.totals()
         return result
@@ -65,12 +88,14 @@ class _Tally:
 
 def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimizer=None, scaler=None,
               progress=None, description: str = "", epoch: int = 0, label_map=None,
-              collect: bool = False, topk: int = 1, stop=None, resume: dict | None = None, dist=None,
+              collect: bool | str = False, topk: int = 1, stop=None, resume: dict | None = None, dist=None,
               on_step=None, rule=None) -> dict:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
 
     Returns mean loss, accuracy (and top-k accuracy), the image count and rate, and with ``collect``
-    the predicted and true labels in loader order (for confusion matrices).
+    the predicted and true labels in loader order (for confusion matrices); ``collect="scores"``
+    (``cvkit eval``) adds each image's ``probabilities`` (of the predicted class),
+    ``true_probabilities`` and ``losses``, at the cost of a call of ``loss_fn`` per image.
 
     A loss that is not finite, or (training) weights that are not finite after a step, raise
     :class:`NumericalError` naming the epoch and step. A DataLoader worker that dies or hangs
@@ -96,7 +121,7 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
     """
     training = optimizer is not None
     model.train(training)
-    tally = _Tally(topk, collect)
+    tally = _Tally(topk, collect, loss_fn=loss_fn)
     pass_ = _Pass(model, loss_fn, device=device, precision=precision, optimizer=optimizer, scaler=scaler,
                   epoch=epoch, label_map=label_map, stop=stop, dist=dist, on_step=on_step, rule=rule,
                   total=len(loader))
@@ -112,7 +137,7 @@ def run_phase(model, loader, loss_fn, *, device, precision: str = "fp32", optimi
         if resume:
             set_rng_state(resume["rng"], loader)
             step = resume["step"]
-            tally = _Tally(topk, collect, resume["totals"])
+            tally = _Tally(topk, collect, resume["totals"], loss_fn=loss_fn)
             if progress is not None:
                 progress.update(task, completed=step)
         stopped_at, step = pass_.run(batches, tally, step, progress, task, start)
