@@ -90,6 +90,9 @@ def _check_model_meta(name: str, meta: dict) -> None:
         value = meta.get(key)
         if not isinstance(value, (tuple, list)) or len(value) != size[0]:
             raise ValueError(f"model {name!r}: {key} must have one value per channel ({size[0]}), got {value!r}")
+    cam_layer = meta.get("cam_layer")
+    if cam_layer is not None and (not isinstance(cam_layer, str) or not cam_layer):
+        raise ValueError(f"model {name!r}: cam_layer must name a module (a dotted path), got {cam_layer!r}")
     meta["input_size"] = tuple(size)
     meta["mean"] = tuple(float(v) for v in meta["mean"])
     meta["std"] = tuple(float(v) for v in meta["std"])

@@ -308,3 +308,41 @@ def plot_lr_find(lrs, raw, smoothed, path, *, suggested_lr: float | None = None,
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     fig.suptitle(wrap_title(title, 7.5 - 0.3, 12, bold=True), fontsize=12, fontweight="bold")
     return _save(fig, path, title)
+
+
+def plot_explanations(pictures, heatmaps, captions, path, *, title: str = "Grad-CAM") -> Path:
+    """Per image, side by side: the picture the model was given, its heatmap (0 to 1, ``jet``) and
+    the heatmap laid over the picture, the caption above the three; two images to a row beyond
+    three. ``pictures`` are CHW tensors in [0, 1] (1 or 3 channels), ``heatmaps`` HxW tensors of
+    the same size."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    count = len(pictures)
+    per_row = 1 if count <= 3 else 2
+    nrows = math.ceil(count / per_row)
+    tile, caption = 1.7, 0.35  # inches
+    width = per_row * 3 * tile + (per_row - 1) * 0.3 + 0.2
+    heading = wrap_title(title, width - 0.2, 12, bold=True)
+    height = nrows * (tile + caption) + 0.35 * (heading.count("\n") + 1) + 0.2
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    cells = fig.subfigures(nrows, per_row, squeeze=False)
+    jet = colormaps["jet"]
+    for index, cell in enumerate(cells.flat):
+        if index >= count:
+            continue
+        pixels = _as_pixels(pictures[index])
+        rgb = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels[:, :, :3]
+        heat = np.asarray(heatmaps[index].detach().cpu().float().numpy() if hasattr(heatmaps[index], "detach")
+                          else heatmaps[index], dtype=np.float32)
+        overlay = 0.55 * rgb + 0.45 * jet(heat)[:, :, :3]
+        axes = cell.subplots(1, 3)
+        for ax, shown, name in zip(axes, (rgb, heat, overlay), ("image", "heatmap", "overlay")):
+            ax.imshow(shown, cmap="jet" if shown is heat else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(name, fontsize=8, color="#555555")
+        cell.suptitle(wrap_title(captions[index], 3 * tile, 9), fontsize=9)
+    fig.suptitle(heading, fontsize=12, fontweight="bold")
+    return _save(fig, path, title)

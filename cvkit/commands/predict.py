@@ -123,7 +123,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     k = min(top_k, len(model.classes))
     results, shown = [], []
     started = time.perf_counter()
-    for chunk, inputs, failed in _decoded_batches(paths, batch_size, model.transform, model.min_side):
+    for chunk, inputs, failed in decoded_batches(paths, batch_size, model.transform, model.min_side):
         skipped += failed
         if not inputs:
             continue
@@ -246,7 +246,7 @@ def _draw_grid(out: Path, results: list[dict], inputs: list, model, total: int, 
     return reports.image_grid(images, labels, out, title=f"{model.name} ({model.path}): {what}")
 
 
-def _decoded_batches(paths, batch_size: int, transform, min_side):
+def decoded_batches(paths, batch_size: int, transform, min_side):
     """``(paths, tensors, skipped)`` per batch, in order. The next batch is decoded and transformed
     in a background thread while the caller runs the model on this one (Pillow and torch release
     the GIL); an unreadable file is reported in ``skipped`` and does not stop the others."""
