@@ -1,6 +1,7 @@
 """The benchmark's own data, drawn offline, the same bytes for the same seed, cached in a folder.
 
-Three trees under ``ROOT/full/`` (``ROOT/quick/`` for ``--quick``; ROOT defaults to ``.bench-data/``):
+Three trees under ``ROOT/full/`` (``ROOT/quick/`` for ``--quick``, ``ROOT/smoke/`` for run.py's ``--smoke``;
+ROOT defaults to ``.bench-data/``):
 
 - ``gray``: a grayscale 32x32 ImageFolder tree (``train/`` and ``val/``, 4 shape classes) for the
   chapter's ``net``: a light circle, square, star or triangle near the centre of a darker noisy
@@ -46,6 +47,11 @@ FULL = {"gray": {"train_per_class": 300, "val_per_class": 75},
 QUICK = {"gray": {"train_per_class": 40, "val_per_class": 10},
          "rgb": {"train_per_class": 8, "val_per_class": 4},
          "predict": {"count": 12}}
+# run.py --smoke (the suite's harness test): the least that runs every row, one or two batches an epoch
+SMOKE = {"gray": {"train_per_class": 16, "val_per_class": 4},
+         "rgb": {"train_per_class": 4, "val_per_class": 2},
+         "predict": {"count": 4}}
+SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 GRAY_SIZE_RANGE = (0.6, 0.9)  # circumradius, as a fraction of half the picture
 GRAY_JITTER = 0.08  # centre offset, as a fraction of the picture
@@ -259,10 +265,12 @@ def make_predict(root, *, seed: int = 0, count: int = 200) -> dict:
     return {**summary, "created": True}
 
 
-def build_all(root=".bench-data", *, quick: bool = False, seed: int = 0, which=("gray", "rgb", "predict")) -> dict:
+def build_all(root=".bench-data", *, quick: bool = False, seed: int = 0, which=("gray", "rgb", "predict"),
+              smoke: bool = False) -> dict:
     """Draw (or reuse) the trees the benchmark needs; returns ``{name: summary}``."""
-    sizes = QUICK if quick else FULL
-    root = Path(root) / ("quick" if quick else "full")
+    size = "smoke" if smoke else "quick" if quick else "full"
+    sizes = SIZES[size]
+    root = Path(root) / size
     makers = {"gray": make_gray, "rgb": make_rgb, "predict": make_predict}
     return {name: makers[name](root / name, seed=seed, **sizes[name]) for name in which}
 

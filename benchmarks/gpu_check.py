@@ -31,6 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STEP_TIMEOUT = 540  # seconds: one command on the lent machine may run 10 minutes at most
+# the drawn data (pictures per class: train, val) and the images of export --check: the GPU run's, and
+# the dry run's, just enough for every step to run its path once (the suite runs it on 2 CPU cores)
+SIZES = {"gpu": {"per_class": (64, 16), "check": 16}, "dry_run": {"per_class": (4, 2), "check": 4}}
 
 
 class Failed(Exception):
@@ -40,10 +43,12 @@ class Failed(Exception):
 class Check:
     def __init__(self, device: str, work: Path, dry_run: bool, bench: bool):
         self.device, self.work, self.dry_run, self.bench = device, work, dry_run, bench
+        self.sizes = SIZES["dry_run" if dry_run else "gpu"]
         self.data = work / "shapes"
         self.runs = work / "runs"
         self.steps: list[dict] = []
         self.results: dict = {}
+        self.predicted: dict = {}  # (checkpoint, options) -> cvkit predict's JSON on the val pictures
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -64,6 +69,15 @@ class Check:
             return json.loads(proc.stdout)
         except json.JSONDecodeError:
             raise Failed(f"cvkit {args[0]} --json printed no JSON: {proc.stdout[:200]!r}") from None
+
+    def predict(self, checkpoint: str, *options: str) -> list:
+        """``cvkit predict`` of the val pictures. It only reads, so the same command again (the dry run's
+        device is the CPU; export compares with the GPU's predictions) reuses the first answer."""
+        key = (checkpoint, *options)
+        if key not in self.predicted:
+            self.predicted[key] = self.json_of("predict", str(self.data / "val"), "--checkpoint", checkpoint,
+                                               *options)
+        return self.predicted[key]
 
     def step(self, name: str, needs: tuple[str, ...], function) -> None:
         """Run one step unless a step it needs did not pass; record what happened."""
@@ -108,9 +122,9 @@ class Check:
         return ["fp32", "bf16"]
 
     def data_step(self):
-        per_class = ("16", "4") if self.dry_run else ("64", "16")
-        result = self.json_of("data", "demo", str(self.data), "--train-per-class", per_class[0],
-                              "--val-per-class", per_class[1], "--size", "64")
+        train, val = self.sizes["per_class"]
+        result = self.json_of("data", "demo", str(self.data), "--train-per-class", str(train),
+                              "--val-per-class", str(val), "--size", "64")
         return f"{result['counts']['train']} train / {result['counts']['val']} val pictures"
 
     def train(self, name: str, *args: str) -> dict:
@@ -161,10 +175,8 @@ class Check:
     def predict_step(self):
         """best.pt was saved by a run on the GPU: predictions there and on the CPU agree."""
         checkpoint = str(self.runs / "net-fp32" / "best.pt")
-        here = self.json_of("predict", str(self.data / "val"), "--checkpoint", checkpoint, "--device", self.device,
-                            "--precision", "fp32")
-        cpu = self.json_of("predict", str(self.data / "val"), "--checkpoint", checkpoint, "--device", "cpu",
-                           "--precision", "fp32")
+        here = self.predict(checkpoint, "--device", self.device, "--precision", "fp32")
+        cpu = self.predict(checkpoint, "--device", "cpu", "--precision", "fp32")
         if [r["path"] for r in here] != [r["path"] for r in cpu]:
             raise Failed("the GPU and the CPU predicted different image lists")
         top = sum(a["predictions"][0]["label"] == b["predictions"][0]["label"] for a, b in zip(here, cpu))
@@ -215,13 +227,12 @@ class Check:
         run = self.runs / "net-fp32"
         checks = []
         for fmt in ("onnx", "pt2"):
-            report = self.json_of("export", str(run), "--format", fmt, "--check", "16")
+            report = self.json_of("export", str(run), "--format", fmt, "--check", str(self.sizes["check"]))
             if not report["check"]["passed"]:
                 raise Failed(f"{fmt} export: --check failed ({report['check']})")
             checks.append(f"{fmt} max |dlogit| {report['check']['max_abs_logit_difference']:.1e}")
-        onnx = self.json_of("predict", str(self.data / "val"), "--checkpoint", str(run / "best.onnx"))
-        here = self.json_of("predict", str(self.data / "val"), "--checkpoint", str(run / "best.pt"),
-                            "--device", self.device, "--precision", "fp32")
+        onnx = self.predict(str(run / "best.onnx"))
+        here = self.predict(str(run / "best.pt"), "--device", self.device, "--precision", "fp32")
         top = sum(a["predictions"][0]["label"] == b["predictions"][0]["label"] for a, b in zip(onnx, here))
         if len(onnx) != len(here) or top != len(here):
             raise Failed(f"onnxruntime and {self.device} agree on {top} of {len(here)} images")

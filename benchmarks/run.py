@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                      # the full benchmark (~14 min on 2 quiet CPU cores)
     python benchmarks/run.py --quick              # tiny sizes, 1-2 epochs: checks the harness (~3 min)
+    python benchmarks/run.py --quick --smoke      # half the pictures again: only that every row runs (the suite)
     python benchmarks/run.py --rows net,help --out results.json
     python benchmarks/run.py --device cuda --rows frozen,frozen-cached,finetune,predict
     python benchmarks/run.py --rows predict-onnx,predict-one-onnx,onnx-batch   # needs cvkit[export]
@@ -1096,6 +1097,10 @@ def _fmt(value):
     return str(value)
 
 
+def _size_label(meta: dict) -> str:
+    return " [--quick --smoke]" if meta.get("smoke") else " [--quick]" if meta["quick"] else ""
+
+
 def print_table(lines: list[dict], meta: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -1105,7 +1110,7 @@ def print_table(lines: list[dict], meta: dict) -> None:
     if meta.get("cvkit_uncommitted_changes"):
         commit += " + uncommitted changes"
     title = (f"cvkit vs the plain chapter loop: {meta['date']}, {meta['cpu']} ({meta['cores']} cores), "
-             f"torch {meta['torch']}, device {meta['device']}, cvkit {commit}" + (" [--quick]" if meta["quick"] else ""))
+             f"torch {meta['torch']}, device {meta['device']}, cvkit {commit}" + _size_label(meta))
     table = Table(title=title, title_justify="left", show_lines=False)
     for name, justify in (("row", "left"), ("metric", "left"), ("plain", "right"), ("cvkit", "right"),
                           ("ratio", "right"), ("target", "right"), ("", "center"), ("notes", "left")):
@@ -1201,6 +1206,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny data, 1-2 epochs: checks the harness, not speed")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick on even less data (12 rgb training pictures, 4 to predict; under "
+                             "DATA_ROOT/smoke/): only that every row runs, as the suite's harness test does")
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, from {','.join(ROWS)} [{','.join(DEFAULT_ROWS)}]")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides) [cpu]")
     parser.add_argument("--out", help="write the raw numbers as JSON here")
@@ -1254,6 +1262,7 @@ def _checked(parser, args):
     if unknown or not rows:
         parser.error(f"--rows: unknown {', '.join(unknown) or 'nothing'}; choose from {','.join(ROWS)}")
     args.rows = [r for r in ROWS if r in rows]  # fixed order: predict reuses the frozen row's checkpoint
+    args.quick = args.quick or args.smoke
     if args.repeat is None:
         args.repeat = 1 if args.quick else 2
     if args.repeat < 1:
@@ -1280,7 +1289,7 @@ def prepare_data(args) -> dict:
     if {"predict", *ONNX_ROWS} & set(args.rows):
         needs.add("predict")
     log(f"data: drawing or reusing {', '.join(sorted(needs)) or 'nothing'} under {args.data_root}")
-    datasets = bench_data.build_all(args.data_root, quick=args.quick, seed=args.seed,
+    datasets = bench_data.build_all(args.data_root, quick=args.quick, smoke=args.smoke, seed=args.seed,
                                     which=[n for n in ("gray", "rgb", "predict") if n in needs])
     for name, summary in datasets.items():
         summary["root"] = str(Path(summary["root"]).resolve())
@@ -1303,7 +1312,8 @@ def run_meta(args, bench: Bench, seconds: float) -> dict:
                 settings[row].update({"plain_workers": {c: bench.plain_workers(row, c) for c in args.plain_workers},
                                       "plain_runs": {c: bench.repeats(c) for c in args.plain_workers}})
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
-            "device": args.device, "rows": args.rows, "seconds": round(seconds, 1), "cvkit": bench.cvkit,
+            "smoke": args.smoke, "device": args.device, "rows": args.rows, "seconds": round(seconds, 1),
+            "cvkit": bench.cvkit,
             "settings": settings, "cvkit_workers": args.cvkit_workers,
             "plain_predict_batches": [args.plain_predict_batch, args.plain_predict_batched],
             "accuracy_tolerance_points": ACCURACY_TOLERANCE, "targets": TARGETS, "backbones": bench.backbones,

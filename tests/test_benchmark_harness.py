@@ -195,16 +195,17 @@ def test_onnx_rows_verdicts_and_table_lines():
 def test_quick_benchmark_reports_both_baselines_and_accuracies(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--rows", "net,frozen,predict,help", "--epochs-net", "1",
-         "--help-repeats", "1", "--data-root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
-         "--out", str(out)],
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--smoke", "--rows", "net,frozen,predict,help",
+         "--epochs-net", "1", "--help-repeats", "1", "--data-root", str(tmp_path / "data"),
+         "--work-dir", str(tmp_path / "work"), "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cvkit vs the plain chapter loop" in proc.stdout
     assert "ratio" in proc.stdout and "target" in proc.stdout
 
     report = json.loads(out.read_text())
-    assert report["meta"]["quick"] is True and report["meta"]["rows"] == ["net", "frozen", "predict", "help"]
+    assert report["meta"]["quick"] is True and report["meta"]["smoke"] is True  # --quick on its least data
+    assert report["meta"]["rows"] == ["net", "frozen", "predict", "help"]
     rows = report["rows"]
     for name in ("net", "frozen"):
         r = rows[name]
@@ -219,7 +220,7 @@ def test_quick_benchmark_reports_both_baselines_and_accuracies(tmp_path):
 
     # the frozen row: both sides start from the same pretrained backbone
     backbone = rows["frozen"]["backbone"]["file"]
-    assert Path(backbone).is_file() and Path(backbone).parent.parent == tmp_path / "data" / "quick"
+    assert Path(backbone).is_file() and Path(backbone).parent.parent == tmp_path / "data" / "smoke"
     for run in rows["frozen"]["plain_runs"].values():
         assert run["cmd"][run["cmd"].index("--backbone") + 1] == backbone
     cmd = rows["frozen"]["cvkit"]["cmd"]
