@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job, offline: draw the built-in shapes data, train the chapter's Net on it, evaluate the
-# best checkpoint (with pictures) and predict a folder of images with it.
+# best checkpoint (with pictures), predict a few images with it and show where it looked (Grad-CAM).
 DEMO_DATA ?= data/shapes
 demo: install
 	$(BIN)/cvkit device
@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/cvkit train $(DEMO_DATA) --model net --epochs 6 --lr 0.01 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/cvkit eval --out runs/demo-eval
 	$(BIN)/cvkit predict '$(DEMO_DATA)/val/*/*_000[01].png' --top-k 2 --grid runs/demo-predictions.png
+	$(BIN)/cvkit explain '$(DEMO_DATA)/val/*/*_000[01].png' --out runs/demo-explain.png
 
 test: install
 	$(BIN)/python -m pytest

@@ -29,7 +29,9 @@ def register_models(register):
     ``forward(x)`` equals ``head(f(x))`` where ``f`` is the model with that layer replaced by
     ``nn.Identity()``: with a frozen backbone, cvkit may then cache ``f(x)``; it may be a dotted
     path (``classifier.3``). Optional: ``resize`` (the eval transform's resize before the crop),
-    ``interpolation`` (``bilinear``, ``bicubic``), ``family`` (the group ``cvkit list`` counts).
+    ``interpolation`` (``bilinear``, ``bicubic``), ``family`` (the group ``cvkit list`` counts),
+    ``cam_layer`` (the dotted path of the module whose output ``cvkit explain`` uses for Grad-CAM,
+    ``-1`` indexing the last of a Sequential; found by cvkit when not named).
     """
 
 

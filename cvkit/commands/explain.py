@@ -57,7 +57,7 @@ def explain_images(images: list[str], *, checkpoint: str | None = None, target: 
         targets = None if wanted is None else torch.full((len(inputs),), wanted, device=dev)
         probabilities, targets, cams = gradcam_views(model, x, layer, targets, views)
         for p, x1, probs, t, cam in zip(chunk, inputs, probabilities.cpu(), targets.tolist(), cams.cpu()):
-            results.append(_result(p, probs, t, cam, classes))
+            results.append(_result(p, probs, t, cam, classes, layer.name))
             if out and len(shown) < PICTURE_MAX:
                 shown.append((x1, cam))
     if not results:
@@ -86,13 +86,13 @@ def _class_index(target: str | None, classes: list[str]) -> int | None:
     return classes.index(target)
 
 
-def _result(path, probs, target: int, cam, classes: list[str]) -> dict:
+def _result(path, probs, target: int, cam, classes: list[str], layer: str) -> dict:
     predicted = int(probs.argmax())
     cols = cam.shape[1]
     peak = int(cam.flatten().argmax()) if float(cam.max()) > 0 else None  # None: Grad-CAM found nothing
     return {"path": str(path), "class": classes[target], "probability": round(float(probs[target]), 6),
             "predicted": classes[predicted], "predicted_probability": round(float(probs[predicted]), 6),
-            "peak": None if peak is None else {"row": peak // cols, "column": peak % cols},
+            "layer": layer, "peak": None if peak is None else {"row": peak // cols, "column": peak % cols},
             "heatmap": [[round(float(v), JSON_DIGITS) for v in row] for row in cam.tolist()]}
 
 
