@@ -334,8 +334,7 @@ def plot_explanations(pictures, heatmaps, captions, path, *, title: str = "Grad-
             continue
         pixels = _as_pixels(pictures[index])
         rgb = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels[:, :, :3]
-        heat = np.asarray(heatmaps[index].detach().cpu().float().numpy() if hasattr(heatmaps[index], "detach")
-                          else heatmaps[index], dtype=np.float32)
+        heat = _as_pixels(heatmaps[index])
         overlay = 0.55 * rgb + 0.45 * jet(heat)[:, :, :3]
         axes = cell.subplots(1, 3)
         for ax, shown, name in zip(axes, (rgb, heat, overlay), ("image", "heatmap", "overlay")):

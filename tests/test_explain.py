@@ -115,8 +115,7 @@ def test_the_picture_shows_each_image_its_heatmap_and_the_overlay(quadrants, cli
     title = Image.open(root / "cam.png").text["Title"]
     assert "Grad-CAM at conv2 (13x13 feature map)" in title and "net" in title
     assert f"picture: {root / 'cam.png'}" in words(r.out)
-    for path in val:
-        assert path in words(r.out).replace(" ", "") or Path(path).name in r.out
+    assert all(path in r.out for path in val)  # a row per image
 
 
 def test_gradcam_of_a_global_pooled_linear_head_is_the_class_activation_map():
