@@ -105,7 +105,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     ``checkpoint`` may be an ``.onnx`` file ``cvkit export`` wrote: it runs with onnxruntime, and
     nothing here imports torch. ``tta``: each image is also predicted mirrored (the views of
     :data:`cvkit.onnxrun.TTA_VIEWS`), and the probabilities are the mean of the views'."""
-    from cvkit.onnxrun import TTA_VIEWS, is_onnx, softmax_topk
+    from cvkit.onnxrun import TTA_VIEWS
 
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")
@@ -118,8 +118,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     else:
         paths, skipped = expand_inputs(images)
     views = TTA_VIEWS if tta else None
-    model = (_OnnxPredictor if is_onnx(checkpoint) else _TorchPredictor)(checkpoint, device, precision, plugins,
-                                                                         views)
+    model = load_predictor(checkpoint, device, precision, plugins, views)
     k = min(top_k, len(model.classes))
     results, shown = [], []
     started = time.perf_counter()
@@ -127,10 +126,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
         skipped += failed
         if not inputs:
             continue
-        values, indices = softmax_topk(model.logits(inputs), k)
-        for p, x, vs, ids in zip(chunk, inputs, values, indices):
-            preds = [{"label": model.classes[i], "probability": round(float(v), 6)}
-                     for v, i in zip(vs.tolist(), ids.tolist())]
+        for p, x, preds in zip(chunk, inputs, top_classes(model, inputs, k)):
             results.append({"path": str(p), "predictions": preds})
             if grid and len(shown) < GRID_MAX:
                 shown.append(x)
@@ -148,7 +144,26 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
     return report
 
 
-class _TorchPredictor:
+def load_predictor(checkpoint, device: str = "auto", precision: str = "auto", plugins=None, views=None):
+    """The model of a checkpoint, run directory or exported file, ready to predict: an
+    :class:`OnnxPredictor` for an ``.onnx`` file (no torch), else a :class:`TorchPredictor`. Both
+    have ``transform`` (picture -> model input), ``logits(inputs)``, ``classes`` and ``min_side``."""
+    from cvkit.onnxrun import is_onnx
+
+    return (OnnxPredictor if is_onnx(checkpoint) else TorchPredictor)(checkpoint, device, precision, plugins, views)
+
+
+def top_classes(model, inputs: list, k: int) -> list[list[dict]]:
+    """Per input, its ``k`` most likely classes as ``predict --json`` gives them: ``{"label",
+    "probability"}`` (6 digits), the most likely first."""
+    from cvkit.onnxrun import softmax_topk
+
+    values, indices = softmax_topk(model.logits(inputs), k)
+    return [[{"label": model.classes[i], "probability": round(float(v), 6)} for v, i in zip(vs.tolist(), ids.tolist())]
+            for vs, ids in zip(values, indices)]
+
+
+class TorchPredictor:
     """A cvkit checkpoint (or an exported ``.safetensors``) rebuilt in PyTorch."""
 
     def __init__(self, checkpoint, device, precision, plugins, views=None):
@@ -181,7 +196,7 @@ class _TorchPredictor:
         return reports.denormalize(x, self.mean, self.std)
 
 
-class _OnnxPredictor:
+class OnnxPredictor:
     """An ``.onnx`` file cvkit exported, run by onnxruntime on the CPU, fp32; numpy, no torch."""
 
     def __init__(self, checkpoint, device, precision, plugins, views=None):
