@@ -91,9 +91,7 @@ def find_layer(model, x, cam_layer: str | None = None) -> Layer:
         prefix, grid = token_grid(last_block.input[1], input_hw)
         return Layer(last_block.name, "tokens", grid, prefix, use_input=True)
     if last_map is not None:
-        layout = map_layout(last_map.output, input_hw)
-        grid = tuple(last_map.output[2:] if layout == "nchw" else last_map.output[1:3])
-        return Layer(last_map.name, layout, grid)
+        return _map_layer(last_map.name, last_map.output, map_layout(last_map.output, input_hw))
     raise CannotExplain("has no convolutional feature map or transformer token grid that Grad-CAM can "
                         "use; its plugin can name one with register(..., cam_layer=\"a.module.path\")")
 
@@ -163,6 +161,11 @@ def resolve_module(model, path: str):
     return module, names.get(id(module), path)
 
 
+def _map_layer(name: str, shape, layout: str) -> Layer:
+    """The layer of a feature map of ``shape`` in ``layout``: its rows and columns are the grid."""
+    return Layer(name, layout, tuple(shape[2:] if layout == "nchw" else shape[1:3]))
+
+
 def _named_layer(model, path: str, records: list[_Record], input_hw) -> Layer:
     try:
         _, name = resolve_module(model, path)
@@ -171,7 +174,7 @@ def _named_layer(model, path: str, records: list[_Record], input_hw) -> Layer:
     shape = next((r.output for r in reversed(records) if r.name == name), None)
     layout = map_layout(shape, input_hw) if shape else None
     if layout:
-        return Layer(name, layout, tuple(shape[2:] if layout == "nchw" else shape[1:3]))
+        return _map_layer(name, shape, layout)
     found = token_grid(shape[1], input_hw) if shape and len(shape) == 3 else None
     if found:
         return Layer(name, "tokens", found[1], found[0])
