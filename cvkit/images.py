@@ -14,11 +14,13 @@ from cvkit.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-def load_image(path, *, min_side: int | None = None, data: bytes | None = None):
+def load_image(path, *, min_side: int | None = None, data: bytes | None = None, max_pixels: int | None = None):
     """Read one image. ``min_side``: the smallest shorter side the caller needs; a JPEG much larger
     than that is decoded at a reduced scale (1/2, 1/4 or 1/8, Pillow's ``draft``), which is several
     times faster and never goes below ``min_side``. ``data``: the encoded image itself (e.g. a
-    record of a tar shard); ``path`` then only names it in errors."""
+    record of a tar shard); ``path`` then only names it in errors. ``max_pixels``: refuse a larger
+    image from its header, before decoding it (Pillow's own limit, ``Image.MAX_IMAGE_PIXELS``, only
+    warns up to twice that)."""
     import io
 
     from PIL import Image, ImageOps
@@ -26,6 +28,8 @@ def load_image(path, *, min_side: int | None = None, data: bytes | None = None):
     path = Path(path) if data is None else path
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as img:
+            if max_pixels and img.size[0] * img.size[1] > max_pixels:
+                raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels, over the limit of {max_pixels}")
             if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
                 scale = min(img.size) / min_side
                 img.draft(img.mode, (max(1, round(img.size[0] / scale)), max(1, round(img.size[1] / scale))))
@@ -40,6 +44,8 @@ def load_image(path, *, min_side: int | None = None, data: bytes | None = None):
         raise DataError(f"{path}: image too large, refused as a possible decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         reason = str(exc) or type(exc).__name__
+        if isinstance(exc, Image.UnidentifiedImageError):  # its text names a path or a BytesIO object
+            reason = "not an image format Pillow knows"
         if (not data) if data is not None else (path.stat().st_size == 0 if path.exists() else False):
             reason = "empty file"
         raise DataError(f"{path}: not a readable image ({reason})") from None

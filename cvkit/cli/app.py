@@ -11,10 +11,10 @@ from typing import Annotated
 import typer
 
 from cvkit import __version__, ui
-from cvkit.cli import data, device, explain, export, inspect_grad, listing, lr_find, predict, preview, train
+from cvkit.cli import data, device, explain, export, inspect_grad, listing, lr_find, predict, preview, serve, train
 from cvkit.cli import eval as evaluate
 
-COMMANDS = [device, listing, inspect_grad, train, lr_find, evaluate, predict, explain, export, preview, data]  # each has register(app)
+COMMANDS = [device, listing, inspect_grad, train, lr_find, evaluate, predict, explain, export, serve, preview, data]  # each has register(app)
 
 
 def _version(value: bool):

@@ -23,10 +23,14 @@ class ServedModel:
 
     def decode(self, name: str, data: bytes):
         """The model input for an uploaded file; :class:`cvkit.errors.DataError` naming ``name`` for
-        anything that is not a readable image (empty, truncated, not an image, a decompression bomb)."""
+        anything that is not a readable image (empty, truncated, not an image, a decompression bomb:
+        over Pillow's ``MAX_IMAGE_PIXELS``, refused from its header before it is decoded)."""
+        from PIL import Image
+
         from cvkit.images import load_image
 
-        return self.predictor.transform(load_image(name, min_side=self.predictor.min_side, data=data))
+        picture = load_image(name, min_side=self.predictor.min_side, data=data, max_pixels=Image.MAX_IMAGE_PIXELS)
+        return self.predictor.transform(picture)
 
     def run_batch(self, inputs: list) -> list[list[dict]]:
         """Each input's top-k classes, as ``predict --json`` gives them."""
