@@ -12,7 +12,7 @@ from cvkit.cli.options import DEVICE_HELP, PRECISION_HELP
 def serve_cmd(
     checkpoint: Annotated[Optional[str], typer.Argument(
         metavar="CHECKPOINT", show_default="best.pt of the newest run in ./runs/",
-        help="Checkpoint file, run directory or exported .onnx file (served without torch).")] = None,
+        help="Checkpoint file, run directory, or an ONNX file from cvkit export (served without torch).")] = None,
     host: Annotated[str, typer.Option(
         metavar="ADDRESS", help="Address to listen on; 0.0.0.0 opens the server to other machines.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on; 0 picks a free one.")] = 8000,
