@@ -111,6 +111,31 @@ def run_cvkit(*args: str, env: dict | None = None, cwd=None, timeout: float = 30
                           env=full_env, cwd=cwd, timeout=timeout)
 
 
+# Runs python with torch made unimportable: what works here works on a machine without PyTorch.
+# ``python no_torch.py -m MODULE ARGS`` or ``python no_torch.py SCRIPT ARGS``.
+NO_TORCH = textwrap.dedent("""
+    import runpy, sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith(("torch.", "torchvision")):
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, Block())
+    script, sys.argv = sys.argv[1], sys.argv[1:]
+    if script == "-m":
+        sys.argv = sys.argv[1:]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(script, run_name="__main__")
+""")
+
+
+def no_torch_python(tmp_path: Path) -> list[str]:
+    """The start of a command line that runs python with torch unimportable (see NO_TORCH)."""
+    blocker = tmp_path / "no_torch.py"
+    blocker.write_text(NO_TORCH)
+    return [sys.executable, str(blocker)]
+
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -11,34 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import train_run
+from conftest import no_torch_python, train_run
 from cvkit_plugins.demo import make_shapes
 
 MODELS = ["net", "resnet18-finetune", "mobilenet_v3_small-finetune"]
 FORMATS = ["onnx", "torchscript", "pt2", "safetensors"]
 CLASSES = ["circle", "square", "star"]
 
-# Runs python with torch made unimportable: what works here works on a machine without PyTorch.
-NO_TORCH = textwrap.dedent("""
-    import runpy, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith(("torch.", "torchvision")):
-                raise ImportError(f"{name} is blocked in this test")
-    sys.meta_path.insert(0, Block())
-    script, sys.argv = sys.argv[1], sys.argv[1:]
-    if script == "-m":
-        sys.argv = sys.argv[1:]
-        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-    else:
-        runpy.run_path(script, run_name="__main__")
-""")
-
-
 def run_without_torch(tmp_path, *args, cwd=None) -> subprocess.CompletedProcess:
-    blocker = tmp_path / "no_torch.py"
-    blocker.write_text(NO_TORCH)
-    return subprocess.run([sys.executable, str(blocker), *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([*no_torch_python(tmp_path), *args], capture_output=True, text=True, timeout=120,
                           cwd=cwd)
 
 

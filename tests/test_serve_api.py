@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import REPO, run_cvkit, train_run
+from conftest import REPO, no_torch_python, run_cvkit, train_run
 from cvkit_plugins.demo import make_shapes
 
 spec = importlib.util.spec_from_file_location("serve_load", REPO / "benchmarks" / "serve_load.py")
@@ -292,16 +292,6 @@ def test_without_the_extra_serve_says_how_to_install_it(monkeypatch):
     assert "uvicorn is missing" in str(caught.value) and 'pip install "cvkit[serve]"' in str(caught.value)
 
 
-NO_TORCH = """
-import runpy, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith(("torch.", "torchvision")):
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, Block())
-sys.argv = sys.argv[1:]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
 
 
 @pytest.mark.slow
@@ -311,11 +301,9 @@ def test_an_onnx_model_is_served_without_torch(trained, tmp_path, cli):
     exported = cli("export", str(run), "--format", "onnx", "--json")
     assert exported.code == 0, exported.err
     onnx_file = json.loads(exported.out)["out"]
-    blocker = tmp_path / "no_torch.py"
-    blocker.write_text(NO_TORCH)
     files = val_images(root)
     want = json.loads(cli("predict", *map(str, files), "-c", str(onnx_file), "--top-k", "3", "--json").out)
-    with serve_load.running_server(onnx_file, "--top-k", "3", launcher=(sys.executable, str(blocker), "cvkit")) \
+    with serve_load.running_server(onnx_file, "--top-k", "3", launcher=(*no_torch_python(tmp_path), "-m", "cvkit")) \
             as (proc, url, log):
         status, got, _ = post_files(url, [(f.name, f.read_bytes()) for f in files])
         status_model, model, _ = send(url, "GET", "/model")

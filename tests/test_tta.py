@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import train_run, words
+from conftest import no_torch_python, train_run, words
 from cvkit_plugins.demo import make_shapes
 
 CLASSES = ["circle", "square", "star"]
 FP32 = ("--precision", "fp32", "--device", "cpu")
 
-# As tests/test_export.py does it: python with torch made unimportable.
-NO_TORCH = textwrap.dedent("""
-    import runpy, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith(("torch.", "torchvision")):
-                raise ImportError(f"{name} is blocked in this test")
-    sys.meta_path.insert(0, Block())
-    sys.argv = sys.argv[1:]
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-""")
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +142,7 @@ def onnx_file(run) -> str:
 
 
 def test_predict_tta_from_onnx_without_torch_matches_the_checkpoint(cli, run, photos, onnx_file, tmp_path):
-    blocker = tmp_path / "no_torch.py"
-    blocker.write_text(NO_TORCH)
-    done = subprocess.run([sys.executable, str(blocker), "cvkit", "predict", str(photos), "-c", onnx_file,
+    done = subprocess.run([*no_torch_python(tmp_path), "-m", "cvkit", "predict", str(photos), "-c", onnx_file,
                            "--tta", "--json", "--top-k", "3"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "TTA: identity + hflip" in words(done.stderr)  # the summary line, on stderr under --json
