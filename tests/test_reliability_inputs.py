@@ -173,7 +173,7 @@ def test_predict_with_nothing_readable_is_a_data_error(cli, run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("text")
     line = _one_line(cli("predict", str(bad), "--checkpoint", str(run)), 3)
-    assert "no readable images" in line
+    assert "no readable images" in line and "bad.png" in line  # the file at fault, named
 
 
 # --- 24. paths with spaces and non-ASCII names ---------------------------------------------------

@@ -61,7 +61,7 @@ def explain_images(images: list[str], *, checkpoint: str | None = None, target: 
             if out and len(shown) < PICTURE_MAX:
                 shown.append((x1, cam))
     if not results:
-        raise DataError(f"no readable images among {len(paths)} ({skipped[0]['reason']})")
+        raise DataError(f"no readable images among {len(paths)} ({skipped[0]['path']}: {skipped[0]['reason']})")
     report = {"checkpoint": str(path), "model": spec.name, "method": "grad-cam", "layer": layer.as_dict(),
               "layer_description": layer.describe(), "device": str(dev), "precision": "fp32",
               "tta": list(views) if views else None, "images": len(results), "results": results,

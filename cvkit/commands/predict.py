@@ -132,7 +132,7 @@ def predict_images(images: list[str], *, checkpoint: str | None = None, top_k: i
                 shown.append(x)
     seconds = time.perf_counter() - started
     if not results:
-        raise DataError(f"no readable images among {len(paths)} ({skipped[0]['reason']})")
+        raise DataError(f"no readable images among {len(paths)} ({skipped[0]['path']}: {skipped[0]['reason']})")
     report = {"checkpoint": str(model.path), "model": model.name, "device": model.device,
               "precision": model.precision, "tta": list(views) if views else None, "images": len(results),
               "seconds": round(seconds, 4),
