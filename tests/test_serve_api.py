@@ -84,7 +84,8 @@ def test_model_and_health_describe_the_model(server, trained):
     assert model["checkpoint"].endswith("best.pt") and model["device"] == "cpu" and model["precision"] == "fp32"
     assert model["top_k"] == 2 and model["max_batch"] == 32 and model["max_upload_mb"] == 1
     status, health, _ = send(server, "GET", "/health")
-    assert status == 200 and health["status"] == "ok" and {"requests", "batches", "largest_batch"} <= set(health)
+    assert status == 200 and health["status"] == "ok"
+    assert {"requests", "batches", "largest_batch", "batch_sizes"} <= set(health)
 
 
 def test_the_page_is_served_with_nothing_from_elsewhere(server):
@@ -245,7 +246,9 @@ def test_a_model_crash_fails_only_its_own_request(trained):
             status, body, _ = answers[name]
             assert status == 200 and body[0]["path"] == name
         assert app.app.state.batcher.stats.largest > 1  # they did share a batch
-        assert send(url, "GET", "/health")[0] == 200
+        status, health, _ = send(url, "GET", "/health")
+        assert status == 200 and health["largest_batch"] == max(map(int, health["batch_sizes"]))
+        assert sum(int(size) * n for size, n in health["batch_sizes"].items()) == health["requests"]
     finally:
         server.should_exit = True
         thread.join(30)

@@ -44,8 +44,12 @@ def serve(checkpoint=None, *, host: str = "127.0.0.1", port: int = 8000, top_k: 
     from cvkit.serve.app import create_app
     from cvkit.serve.model import ServedModel
 
-    model = ServedModel(checkpoint, device=device, precision=precision, top_k=top_k, plugins=plugins)
-    sock = bind(host, port)
+    sock = bind(host, port)  # first: a port in use is said before the model is loaded
+    try:
+        model = ServedModel(checkpoint, device=device, precision=precision, top_k=top_k, plugins=plugins)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb)
     # ServedModel refuses images over Pillow's pixel limit itself; Pillow's warning would only repeat it
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)

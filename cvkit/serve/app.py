@@ -76,7 +76,8 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_uplo
     @app.get("/health")
     async def health():
         stats = batcher.stats
-        return {"status": "ok", "requests": stats.requests, "batches": stats.batches, "largest_batch": stats.largest}
+        return {"status": "ok", "requests": stats.requests, "batches": stats.batches, "largest_batch": stats.largest,
+                "batch_sizes": {str(size): n for size, n in sorted(stats.sizes.items())}}
 
     @app.post("/predict")
     async def predict(request: Request):
