@@ -268,7 +268,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(trained):
         stderr = Path(log).read_text()
     status, body, _ = answer["r"]
     assert status == 200 and body[0]["path"] == image.name
-    assert "stopped by SIGTERM: answered 1 images in 1 batches" in stderr
+    assert "stopped by SIGTERM: answered 1 image in 1 batch (largest 1)" in stderr
     with pytest.raises(OSError):  # no longer listening
         send(url, "GET", "/health")
 

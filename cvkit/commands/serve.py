@@ -67,8 +67,10 @@ def serve(checkpoint=None, *, host: str = "127.0.0.1", port: int = 8000, top_k: 
         stopped_by = exc
     stats = app.app.state.batcher.stats
     summary = {"url": url, "requests": stats.requests, "batches": stats.batches, "largest_batch": stats.largest}
-    ui.err.print(f"{stopped_by.message() if stopped_by else 'stopped'}: answered {stats.requests} "
-                 f"images in {stats.batches} batches (largest {stats.largest})", markup=False, highlight=False)
+    images, batches = (f"{n} {word}{'' if n == 1 else plural}" for n, word, plural in
+                       ((stats.requests, "image", "s"), (stats.batches, "batch", "es")))
+    ui.err.print(f"{stopped_by.message() if stopped_by else 'stopped'}: answered {images} in {batches} "
+                 f"(largest {stats.largest})", markup=False, highlight=False)
     return summary
 
 
