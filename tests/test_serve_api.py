@@ -257,16 +257,27 @@ def test_a_model_crash_fails_only_its_own_request(trained):
 def test_sigterm_finishes_the_request_in_flight_then_exits(trained):
     root, run = trained
     image = val_images(root)[0]
-    with serve_load.running_server(run, "--max-wait-ms", "1500", *FP32) as (proc, url, log):
-        answer = {}
-        request = threading.Thread(target=lambda: answer.update(r=post_files(url, [(image.name, image.read_bytes())])))
+    with serve_load.running_server(run, "--max-wait-ms", "3000", *FP32) as (proc, url, log):
+        answer, sent = {}, threading.Event()
+
+        def ask():
+            body, kind = serve_load.multipart([(image.name, image.read_bytes())])
+            conn = connect(url)
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": kind})
+            sent.set()
+            reply = conn.getresponse()
+            answer["r"] = reply.status, json.loads(reply.read())
+            conn.close()
+
+        request = threading.Thread(target=ask)
         request.start()
-        time.sleep(0.5)  # the request waits in the batcher for company
+        assert sent.wait(30)
+        time.sleep(0.3)  # the request is in; it waits in the batcher (up to 3 s) for company
         proc.send_signal(signal.SIGTERM)
         request.join(30)
         assert proc.wait(30) == 0
         stderr = Path(log).read_text()
-    status, body, _ = answer["r"]
+    status, body = answer["r"]
     assert status == 200 and body[0]["path"] == image.name
     assert "stopped by SIGTERM: answered 1 image in 1 batch (largest 1)" in stderr
     with pytest.raises(OSError):  # no longer listening
