@@ -82,6 +82,12 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def connect(url: str, timeout: float = 60) -> http.client.HTTPConnection:
+    """A keep-alive connection to the server at ``url``."""
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
 def post(conn: http.client.HTTPConnection, files: list[tuple[str, bytes]]) -> tuple[int, object]:
     body, kind = multipart(files)
     conn.request("POST", "/predict", body=body, headers={"Content-Type": kind})
@@ -90,8 +96,7 @@ def post(conn: http.client.HTTPConnection, files: list[tuple[str, bytes]]) -> tu
 
 
 def get(url: str, path: str) -> tuple[int, object]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = connect(url, timeout=30)
     try:
         conn.request("GET", path)
         answer = conn.getresponse()
@@ -107,8 +112,7 @@ def same_answer(got: list, want: list, tolerance: float = 1e-4) -> bool:
 
 def load(url: str, good: list[tuple[str, bytes]], *, clients: int = 16, requests: int = 25, bad_every: int = 5) -> dict:
     """The load run against a server at ``url`` (see the module docstring); returns its figures."""
-    host, port = urlsplit(url).hostname, urlsplit(url).port
-    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn = connect(url)
     reference = {}
     for name, data in good:
         status, body = post(conn, [(name, data)])
@@ -122,7 +126,7 @@ def load(url: str, good: list[tuple[str, bytes]], *, clients: int = 16, requests
     lock, start = threading.Lock(), threading.Barrier(clients + 1)
 
     def client(index: int) -> None:
-        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn = connect(url)
         start.wait()
         for i in range(requests):
             n = index * requests + i
@@ -134,7 +138,7 @@ def load(url: str, good: list[tuple[str, bytes]], *, clients: int = 16, requests
             except (OSError, http.client.HTTPException, ValueError):
                 status, body = None, None
                 conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=60)
+                conn = connect(url)
             seconds = time.perf_counter() - began
             if is_bad:
                 ok = status is not None and 400 <= status < 500 and body.get("file") == name

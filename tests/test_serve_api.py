@@ -4,7 +4,6 @@ upload limit before the body is read, SIGTERM, the ONNX path without torch."""
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import io
 import json
@@ -47,13 +46,8 @@ def server(trained):
         assert proc.poll() is None, Path(log).read_text()[-2000:]  # still up after every test
 
 
-def connect(url: str) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-
-
 def send(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    conn = connect(url)
+    conn = serve_load.connect(url, timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         answer = conn.getresponse()
@@ -176,7 +170,7 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(server):
 
 def test_a_streamed_upload_is_cut_off_at_the_limit(server):
     """No Content-Length (chunked): refused once 1 MB has come in, not after all 3 MB."""
-    conn = connect(server)
+    conn = serve_load.connect(server, timeout=30)
     sent = []
 
     def chunks():
@@ -262,7 +256,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(trained):
 
         def ask():
             body, kind = serve_load.multipart([(image.name, image.read_bytes())])
-            conn = connect(url)
+            conn = serve_load.connect(url, timeout=30)
             conn.request("POST", "/predict", body=body, headers={"Content-Type": kind})
             sent.set()
             reply = conn.getresponse()

@@ -21,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import Request  # only cvkit serve imports this module, after checking the extra is there
+# only cvkit serve imports this module, after checking that the serve extra is installed
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 RAW_TYPES = "an image (image/*) or application/octet-stream"
 
@@ -42,9 +44,6 @@ def create_app(model, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_uplo
                decode_workers: int = 4):
     """The ASGI app serving ``model`` (a ServedModel, or anything with its ``decode``, ``run_batch``
     and ``describe``); its lifespan starts and stops the batcher."""
-    from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse, JSONResponse
-
     from cvkit.serve.batcher import DynamicBatcher
 
     limit = int(max_upload_mb * 2**20)
